@@ -1,0 +1,156 @@
+"""The ``melecole`` command: parses arguments, loads the config, calls one stage. Nothing else."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from melecole.errors import MelecoleError
+
+PIPELINE = "prepare -> train -> predict -> segment -> evaluate (each also runs alone on any HDF5 files)"
+
+
+def _params(path: str | None):
+    from melecole.config import Params, load_params
+
+    if path is not None:
+        return load_params(path)
+    return load_params("params.yaml") if Path("params.yaml").is_file() else Params()
+
+
+def _volume(text: str):
+    from melecole.io import VolumeSpec
+
+    return VolumeSpec.parse(text)
+
+
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from melecole.stages.prepare import prepare
+
+    params = _params(args.params)
+    for path in prepare(params.data, params.seed, args.out):
+        print(path)
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from melecole.stages.train import train, training_files
+
+    params = _params(args.params)
+    if args.train:
+        train_files = [Path(p) for p in args.train]
+        if not args.val:
+            raise MelecoleError("--train needs --val (a file with datasets raw and labels)")
+        val_file = Path(args.val)
+    else:
+        train_files, val_file = training_files(args.data)
+        if args.val:
+            val_file = Path(args.val)
+    summary = train(params, train_files, val_file, args.out, args.run_file)
+    print(json.dumps(summary, indent=2))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from melecole.stages.predict import predict
+
+    figures = predict(_params(args.params), args.checkpoint, _volume(args.raw), args.out)
+    print(json.dumps(figures))
+
+
+def cmd_segment(args: argparse.Namespace) -> None:
+    from melecole.stages.segment import segment
+
+    params = _params(args.params)
+    figures = segment(params.segment, args.predictions, args.out, params.seed)
+    print(json.dumps(figures))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> None:
+    from melecole.stages.evaluate import evaluate
+    from melecole.stages.report import format_table
+
+    metrics = evaluate(_volume(args.seg), _volume(args.gt), args.out, args.run_file)
+    print(json.dumps(metrics) if args.json else format_table({args.seg: metrics}))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from melecole.stages.report import report
+
+    params = _params(args.params)
+    print(report(args.metrics, params.data.dataset, params.data.bundled_root))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="melecole", description=f"Neuron segmentation in 3D EM. Pipeline: {PIPELINE}.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
+    params_help = "parameter file (default: ./params.yaml if present, else built-in defaults)"
+
+    p = sub.add_parser("prepare", help="write train / val / test volumes from the configured dataset source",
+                       description="Reads data.dataset (bundled real volume, synthetic generator or SNEMI3D) "
+                                   "and writes OUT/train*.h5, OUT/val.h5, OUT/test.h5 (datasets raw, labels).")
+    p.add_argument("--params", help=params_help)
+    p.add_argument("--out", default="data", help="output folder (default: data)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train the U-Net; keep the checkpoint with the best validation VI",
+                       description="Trains on raw/labels HDF5 files and writes a checkpoint loadable with "
+                                   "torch.load(weights_only=True). Logs to MLflow.")
+    p.add_argument("--params", help=params_help)
+    p.add_argument("--data", default="data", help="prepared folder with train*.h5 and val.h5 (default: data)")
+    p.add_argument("--train", nargs="+", help="training files (datasets raw, labels) instead of --data")
+    p.add_argument("--val", help="validation file (datasets raw, labels)")
+    p.add_argument("--out", default="outputs/checkpoint.pt", help="checkpoint path")
+    p.add_argument("--run-file", help="write the MLflow run id here so evaluate can add to the same run")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("predict", help="sliding-window inference: embeddings, boundaries, affinities",
+                       description="Writes datasets embedding (E,Z,Y,X), boundary (Z,Y,X) and affinities "
+                                   "(C,Z,Y,X) to one HDF5 file.")
+    p.add_argument("--params", help=params_help)
+    p.add_argument("--checkpoint", default="outputs/checkpoint.pt")
+    p.add_argument("--raw", required=True, help="raw volume FILE[:dataset]")
+    p.add_argument("--out", default="outputs/predictions.h5")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("segment", help="Mutex Watershed on affinities, then small-segment clean-up",
+                       description="Reads dataset affinities (and boundary) of a predictions file and "
+                                   "writes dataset segmentation (uint64).")
+    p.add_argument("--params", help=params_help)
+    p.add_argument("--predictions", default="outputs/predictions.h5")
+    p.add_argument("--out", default="outputs/segmentation.h5")
+    p.set_defaults(func=cmd_segment)
+
+    p = sub.add_parser("evaluate", help="VI split / merge (bits) and adapted Rand error",
+                       description="vi_split = H(seg|gt), vi_merge = H(gt|seg) in bits, adapted Rand error "
+                                   "(SNEMI3D); ground-truth label 0 is ignored.")
+    p.add_argument("--seg", required=True, help="segmentation FILE[:dataset]")
+    p.add_argument("--gt", required=True, help="ground truth FILE[:dataset]")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.add_argument("--out", help="also write the metrics JSON here")
+    p.add_argument("--run-file", help="MLflow run id file written by train: log the test metrics to that run")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="print a metrics file as a table beside the published reference rows")
+    p.add_argument("metrics", nargs="?", default="metrics.json")
+    p.add_argument("--params", help=params_help)
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except MelecoleError as error:
+        print(f"melecole {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"melecole {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Typed, validated configuration: one model per stage, unknown keys are errors.
+
+``params.yaml`` is parsed once into :class:`Params`; each stage unpacks its own section at its
+entry point and passes plain arguments to library functions (DESIGN.md, style rule 2).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from melecole.errors import MelecoleError
+
+Triple = tuple[int, int, int]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SyntheticConfig(_Strict):
+    """Size and character of the synthetic SNEMI3D-like volumes."""
+
+    shape: Triple = (24, 96, 96)
+    anisotropy: float = Field(5.0, gt=0, description="z voxel size / xy voxel size")
+    neurites: int = Field(40, ge=1)
+    noise: float = Field(0.08, ge=0)
+    blur: float = Field(0.8, ge=0)
+    defects: bool = True
+
+
+class Snemi3dConfig(_Strict):
+    """Where the SNEMI3D archive lives (imported by ``data.dvc``) and its checksum."""
+
+    archive: str = "downloads/snemi3d"
+    sha256: str | None = None
+
+
+class DataConfig(_Strict):
+    """Which volumes the pipeline prepares and how the training block is split."""
+
+    dataset: Literal["flyem-fib-small", "flyem-fib-medulla", "synthetic", "snemi3d"] = "flyem-fib-small"
+    extra_train: list[Literal["flyem-fib-small", "flyem-fib-medulla"]] = []
+    val_axis: int = Field(2, ge=0, le=2)
+    val_fraction: float = Field(0.25, gt=0, lt=1)
+    bundled_root: str = "datasets"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    snemi3d: Snemi3dConfig = Snemi3dConfig()
+
+
+class ModelConfig(_Strict):
+    """Constructor arguments of the residual 3D U-Net."""
+
+    name: Literal["unet3d"] = "unet3d"
+    in_channels: int = Field(1, ge=1)
+    base_channels: int = Field(16, ge=1)
+    channel_factor: int = Field(2, ge=1)
+    downsample: list[Triple] = [(1, 2, 2), (2, 2, 2)]
+    kernel: list[Triple] | None = None
+    embedding_dim: int = Field(16, ge=1)
+    norm: Literal["group", "batch", "instance", "none"] = "group"
+
+    @model_validator(mode="after")
+    def _kernel_per_level(self) -> ModelConfig:
+        if self.kernel is not None and len(self.kernel) != len(self.downsample) + 1:
+            raise ValueError(
+                f"model.kernel has {len(self.kernel)} entries; it needs one per level "
+                f"({len(self.downsample) + 1} for {len(self.downsample)} downsampling steps)"
+            )
+        return self
+
+
+class LossConfig(_Strict):
+    """Discriminative embedding loss (Lee et al. 2019) plus boundary BCE."""
+
+    delta_v: float = Field(0.5, gt=0)
+    delta_d: float = Field(1.5, gt=0)
+    alpha: float = Field(1.0, ge=0)
+    beta: float = Field(1.0, ge=0)
+    gamma: float = Field(0.001, ge=0)
+    norm: Literal["l1", "l2"] = "l2"
+    boundary_weight: float = Field(1.0, ge=0)
+
+    @model_validator(mode="after")
+    def _margins(self) -> LossConfig:
+        if self.delta_d <= self.delta_v:
+            raise ValueError(f"loss.delta_d ({self.delta_d}) must exceed loss.delta_v ({self.delta_v})")
+        return self
+
+
+class TrainConfig(_Strict):
+    """Optimisation, sampling and validation during training."""
+
+    steps: int = Field(600, ge=1)
+    batch_size: int = Field(1, ge=1)
+    patch: Triple = (32, 64, 64)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    permute_axes: Literal["all", "xy", "none"] = "all"
+    flip: bool = True
+    min_labelled: float = Field(0.5, ge=0, le=1)
+    val_every: int = Field(200, ge=1)
+    log_every: int = Field(20, ge=1)
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
+    device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    loss: LossConfig = LossConfig()
+
+
+class PredictConfig(_Strict):
+    """Sliding-window inference."""
+
+    patch: Triple = (32, 64, 64)
+    overlap: Triple = (8, 16, 16)
+    batch_size: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _overlap_fits(self) -> PredictConfig:
+        if any(o * 2 >= p for o, p in zip(self.overlap, self.patch)):
+            raise ValueError(f"predict.overlap {self.overlap} must be below half of predict.patch {self.patch}")
+        return self
+
+
+class SegmentConfig(_Strict):
+    """Embeddings -> affinities -> Mutex Watershed -> clean-up."""
+
+    offsets: list[Triple] = [
+        (-1, 0, 0), (0, -1, 0), (0, 0, -1),
+        (-2, 0, 0), (0, -3, 0), (0, 0, -3),
+        (-3, 0, 0), (0, -9, 0), (0, 0, -9),
+        (-4, -4, -4), (0, -9, -9), (0, 9, -9),
+    ]
+    attractive: int = Field(3, ge=1, description="the first N offsets are attractive, the rest repulsive")
+    strides: Triple = (1, 2, 2)
+    randomize_strides: bool = False
+    foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")
+    min_size: int = Field(50, ge=0)
+
+    @field_validator("offsets")
+    @classmethod
+    def _no_zero_offset(cls, offsets: list[Triple]) -> list[Triple]:
+        if any(o == (0, 0, 0) for o in offsets):
+            raise ValueError("segment.offsets must not contain (0, 0, 0)")
+        return offsets
+
+    @model_validator(mode="after")
+    def _attractive_fits(self) -> SegmentConfig:
+        if self.attractive >= len(self.offsets):
+            raise ValueError(
+                f"segment.attractive ({self.attractive}) must leave at least one repulsive offset "
+                f"among {len(self.offsets)}"
+            )
+        return self
+
+
+class TrackingConfig(_Strict):
+    """MLflow experiment name; the tracking URI comes from MLFLOW_TRACKING_URI or a local store."""
+
+    experiment: str = "melecole"
+    enabled: bool = True
+
+
+class Params(_Strict):
+    """The whole of params.yaml."""
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    predict: PredictConfig = PredictConfig()
+    segment: SegmentConfig = SegmentConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    parts = []
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        if item["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{where}'")
+        else:
+            parts.append(f"'{where}': {item['msg']}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def params_from_dict(raw: dict, source: str = "params") -> Params:
+    """Validates a nested dictionary into :class:`Params`.
+
+    Raises:
+        MelecoleError: naming the source and every unknown or invalid key.
+    """
+    if not isinstance(raw, dict):
+        raise MelecoleError(f"{source}: expected a mapping at the top level, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise MelecoleError(_describe(error, source)) from None
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Reads and validates a params.yaml file (a missing file means all defaults is *not* assumed)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MelecoleError(f"{path}: parameter file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise MelecoleError(f"{path}: not valid YAML ({error})") from None
+    return params_from_dict(raw, str(path))
+
+
+def params_as_dict(params: Params) -> dict:
+    """Plain nested dict (lists instead of tuples), for checkpoints, YAML and MLflow."""
+    return params.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Datasets, patch sampling and training targets."""

@@ -1,0 +1,200 @@
+"""Variation of information and adapted Rand error of a segmentation against ground truth.
+
+Everything is computed from one sparse contingency table (voxel counts per pair of segment
+and ground-truth labels). Labels are first mapped to dense ids, so the cost is proportional
+to the number of voxels, never to the size of the largest label id (uint64 ids from
+agglomeration or Mutex Watershed can be anywhere up to 2**64 - 1).
+
+Conventions (the metrics contract of the project):
+
+* ``vi_split`` = H(seg | gt) and ``vi_merge`` = H(gt | seg), in bits.
+* ``arand`` is the adapted Rand error of the SNEMI3D challenge, equal to
+  ``skimage.metrics.adapted_rand_error(gt, seg)[0]``.
+* Voxels whose ground truth is in ``ignore_gt`` do not count. Segmentation label 0 is an
+  ordinary label: a segmenter that leaves voxels unlabelled is charged for merging them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import fastremap
+import numpy as np
+import scipy.sparse as sparse
+
+from melecole.errors import MelecoleError
+
+__all__ = [
+    "adapted_rand_error",
+    "contingency",
+    "evaluate_segmentation",
+    "variation_of_information",
+]
+
+
+def contingency(
+    seg: np.ndarray, gt: np.ndarray, ignore_gt: Sequence[int] = (0,)
+) -> sparse.csr_matrix:
+    """Count the voxels shared by every segment and ground-truth object.
+
+    Args:
+        seg: Segmentation, integer labels, any shape, e.g. ``(Z, Y, X)``.
+        gt: Ground truth, integer labels, same shape as ``seg``.
+        ignore_gt: Ground-truth labels whose voxels are left out of the table.
+
+    Returns:
+        An int64 ``csr_matrix`` of shape ``(n_seg, n_gt)``: entry ``[i, j]`` is the number of
+        counted voxels with the ``i``-th smallest segmentation label and the ``j``-th smallest
+        ground-truth label, among the labels present in counted voxels. Zero entries are not
+        stored.
+
+    Raises:
+        MelecoleError: If the shapes differ, a dtype is not integer, or every voxel of ``gt``
+            is ignored.
+    """
+    seg, gt = _checked(seg, gt)
+    seg_flat = seg.reshape(-1)  # (N,)
+    gt_flat = gt.reshape(-1)  # (N,)
+    ignore = np.asarray(ignore_gt)
+    if ignore.size:
+        keep = ~np.isin(gt_flat, ignore)  # (N,)
+        # Boolean indexing copies, so the caller's arrays are never touched below.
+        seg_flat = seg_flat[keep]  # (M,)
+        gt_flat = gt_flat[keep]  # (M,)
+    if gt_flat.size == 0:
+        raise MelecoleError(
+            f"ground truth {gt.shape} has no voxel outside the ignored labels "
+            f"{tuple(ignore.tolist())}; there is nothing to evaluate"
+        )
+    seg_ids, n_seg = _dense_ids(seg_flat)  # (M,)
+    gt_ids, n_gt = _dense_ids(gt_flat)  # (M,)
+    ones = np.ones(seg_ids.size, dtype=np.int64)  # (M,)
+    # COO -> CSR sums the duplicate (seg, gt) pairs: that sum is the voxel count.
+    table = sparse.coo_matrix((ones, (seg_ids, gt_ids)), shape=(n_seg, n_gt)).tocsr()
+    table.sum_duplicates()
+    return table
+
+
+def variation_of_information(
+    seg: np.ndarray, gt: np.ndarray, ignore_gt: Sequence[int] = (0,)
+) -> tuple[float, float]:
+    """Split and merge parts of the variation of information, in bits.
+
+    Args:
+        seg: Segmentation, integer labels, e.g. ``(Z, Y, X)``.
+        gt: Ground truth, integer labels, same shape as ``seg``.
+        ignore_gt: Ground-truth labels whose voxels do not count.
+
+    Returns:
+        ``(vi_split, vi_merge)`` = ``(H(seg | gt), H(gt | seg))``. A pure over-segmentation
+        has ``vi_merge == 0``; a pure under-segmentation has ``vi_split == 0``.
+
+    Raises:
+        MelecoleError: If the shapes differ, a dtype is not integer, or every voxel of ``gt``
+            is ignored.
+    """
+    return _vi_from_table(contingency(seg, gt, ignore_gt))
+
+
+def adapted_rand_error(
+    seg: np.ndarray, gt: np.ndarray, ignore_gt: Sequence[int] = (0,)
+) -> float:
+    """Adapted Rand error of the SNEMI3D challenge (Arganda-Carreras et al. 2015).
+
+    One minus the F-score of pairwise precision and recall: over all unordered pairs of
+    distinct counted voxels, how well "same segment" agrees with "same ground-truth object".
+
+    Args:
+        seg: Segmentation, integer labels, e.g. ``(Z, Y, X)``.
+        gt: Ground truth, integer labels, same shape as ``seg``.
+        ignore_gt: Ground-truth labels whose voxels do not count.
+
+    Returns:
+        The error in ``[0, 1]``; 0 for a segmentation equal to the ground truth up to
+        relabelling.
+
+    Raises:
+        MelecoleError: If the shapes differ, a dtype is not integer, or every voxel of ``gt``
+            is ignored.
+    """
+    return _arand_from_table(contingency(seg, gt, ignore_gt))
+
+
+def evaluate_segmentation(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    """All evaluation metrics of a segmentation, ground-truth label 0 ignored.
+
+    Args:
+        seg: Segmentation, integer labels, e.g. ``(Z, Y, X)``.
+        gt: Ground truth, integer labels, same shape as ``seg``; 0 marks unlabelled voxels.
+
+    Returns:
+        ``{"vi_split": ..., "vi_merge": ..., "arand": ...}`` as plain Python floats.
+
+    Raises:
+        MelecoleError: If the shapes differ, a dtype is not integer, or ``gt`` is all 0.
+    """
+    table = contingency(seg, gt, ignore_gt=(0,))
+    vi_split, vi_merge = _vi_from_table(table)
+    return {"vi_split": vi_split, "vi_merge": vi_merge, "arand": _arand_from_table(table)}
+
+
+def _checked(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    seg = np.asarray(seg)
+    gt = np.asarray(gt)
+    if seg.shape != gt.shape:
+        raise MelecoleError(
+            f"segmentation {seg.shape} and ground truth {gt.shape} differ in shape"
+        )
+    for name, labels in (("segmentation", seg), ("ground truth", gt)):
+        if not np.issubdtype(labels.dtype, np.integer):
+            raise MelecoleError(
+                f"{name} {labels.shape} has dtype {labels.dtype}; "
+                "label volumes must have an integer dtype"
+            )
+    return seg, gt
+
+
+def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
+    """Map labels (M,) to ids 0..L-1 in ascending label order; return ids (M,) and L."""
+    # fastremap hashes instead of sorting all M voxels (np.unique), ~30x faster here; it
+    # numbers labels by first appearance, so a permutation of the L distinct labels makes the
+    # ids follow label order, which keeps the table independent of voxel order.
+    renumbered, remap = fastremap.renumber(labels, start=0, preserve_zero=False)
+    n_labels = len(remap)
+    values = np.fromiter(remap.keys(), dtype=labels.dtype, count=n_labels)  # (L,)
+    first_seen = np.fromiter(remap.values(), dtype=np.int64, count=n_labels)  # (L,)
+    rank = np.empty(n_labels, dtype=np.int64)  # (L,)
+    rank[first_seen[np.argsort(values, kind="stable")]] = np.arange(n_labels)
+    return rank[renumbered], n_labels
+
+
+def _vi_from_table(table: sparse.csr_matrix) -> tuple[float, float]:
+    counts = table.data.astype(np.float64)  # (nnz,) voxels per (seg, gt) pair
+    seg_ids = np.repeat(np.arange(table.shape[0]), np.diff(table.indptr))  # (nnz,)
+    gt_ids = table.indices  # (nnz,)
+    seg_sizes = np.bincount(seg_ids, weights=counts, minlength=table.shape[0])  # (n_seg,)
+    gt_sizes = np.bincount(gt_ids, weights=counts, minlength=table.shape[1])  # (n_gt,)
+    total = counts.sum()
+    # H(seg | gt) = -sum_ij p_ij log2(p_ij / p_j), written per pair rather than as
+    # H(seg, gt) - H(gt) to avoid cancellation between two large entropies. Every term is
+    # >= 0 and log2(1) == 0 exactly, so a perfect score is exactly 0; subtracting from 0.0
+    # (not negating) keeps it +0.0, which JSON would otherwise print as -0.0.
+    vi_split = 0.0 - np.sum(counts * np.log2(counts / gt_sizes[gt_ids])) / total
+    vi_merge = 0.0 - np.sum(counts * np.log2(counts / seg_sizes[seg_ids])) / total
+    return float(vi_split), float(vi_merge)
+
+
+def _arand_from_table(table: sparse.csr_matrix) -> float:
+    counts = table.data.astype(np.float64)  # (nnz,)
+    seg_sizes = np.asarray(table.sum(axis=1), dtype=np.float64).ravel()  # (n_seg,)
+    gt_sizes = np.asarray(table.sum(axis=0), dtype=np.float64).ravel()  # (n_gt,)
+    total = counts.sum()
+    # Each sum counts ordered pairs of distinct voxels: n * n - n per group.
+    pairs_both = counts @ counts - total
+    pairs_seg = seg_sizes @ seg_sizes - total
+    pairs_gt = gt_sizes @ gt_sizes - total
+    denominator = 0.5 * (pairs_seg + pairs_gt)
+    if denominator == 0.0:
+        # Every segment and every object is a single voxel: the partitions are identical.
+        return 0.0
+    return float(1.0 - pairs_both / denominator)

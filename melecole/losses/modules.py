@@ -1,0 +1,89 @@
+"""Thin nn.Module wrappers over the pure loss functions, holding only their hyper-parameters."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from melecole.losses.boundary import boundary_bce
+from melecole.losses.discriminative import NORMS, discriminative_loss
+
+
+class EmbeddingLoss(nn.Module):
+    """Discriminative embedding loss plus weighted class-balanced boundary BCE.
+
+    ``loss = alpha * intra + beta * inter + gamma * reg + boundary_weight * boundary``.
+
+    Args:
+        delta_v: pull margin of :func:`~melecole.losses.discriminative.discriminative_loss`.
+        delta_d: push margin (means are pushed ``2 * delta_d`` apart).
+        alpha: weight of the intra-instance term.
+        beta: weight of the inter-instance term.
+        gamma: weight of the regularisation term.
+        norm: ``"l1"`` or ``"l2"``.
+        boundary_weight: weight of :func:`~melecole.losses.boundary.boundary_bce`; with 0 the
+            model's ``"boundary"`` output may be absent.
+    """
+
+    def __init__(
+        self,
+        delta_v: float = 0.5,
+        delta_d: float = 1.5,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 0.001,
+        norm: str = "l2",
+        boundary_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got '{norm}'")
+        negative = {k: v for k, v in dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta,
+                                          gamma=gamma, boundary_weight=boundary_weight).items() if v < 0}
+        if negative:
+            raise ValueError(f"loss parameters must be non-negative, got {negative}")
+        self.delta_v = float(delta_v)
+        self.delta_d = float(delta_d)
+        self.alpha = float(alpha)
+        self.beta = float(beta)
+        self.gamma = float(gamma)
+        self.norm = norm
+        self.boundary_weight = float(boundary_weight)
+
+    def forward(
+        self, outputs: dict[str, torch.Tensor], instances: torch.Tensor, boundary: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """Computes the total loss and its parts.
+
+        Args:
+            outputs: the model's output, ``"embedding"`` (B, E, Z, Y, X) and ``"boundary"``
+                (B, 1, Z, Y, X) logits.
+            instances: (B, Z, Y, X) int64 instance ids, 0 = ignore.
+            boundary: (B, 1, Z, Y, X) float boundary targets.
+
+        Returns:
+            Scalars ``{"loss", "intra", "inter", "reg", "boundary"}``; ``"loss"`` is the total.
+        """
+        if "embedding" not in outputs:
+            raise ValueError(f"model outputs {sorted(outputs)} lack 'embedding'")
+        parts = discriminative_loss(
+            outputs["embedding"], instances, delta_v=self.delta_v, delta_d=self.delta_d,
+            alpha=self.alpha, beta=self.beta, gamma=self.gamma, norm=self.norm,
+        )
+        if "boundary" in outputs:
+            bce = boundary_bce(outputs["boundary"], boundary)
+        elif self.boundary_weight == 0:
+            bce = torch.zeros((), dtype=parts["loss"].dtype, device=parts["loss"].device)
+        else:
+            raise ValueError(f"model outputs {sorted(outputs)} lack 'boundary' but boundary_weight is {self.boundary_weight}")
+        return {
+            "loss": parts["loss"] + self.boundary_weight * bce,
+            "intra": parts["intra"],
+            "inter": parts["inter"],
+            "reg": parts["reg"],
+            "boundary": bce,
+        }
+
+    def extra_repr(self) -> str:
+        return (f"delta_v={self.delta_v}, delta_d={self.delta_d}, alpha={self.alpha}, beta={self.beta}, "
+                f"gamma={self.gamma}, norm='{self.norm}', boundary_weight={self.boundary_weight}")

@@ -1,0 +1,153 @@
+"""Clean-up of a segmentation: merging small segments, consecutive relabelling.
+
+Pure functions: inputs are never modified, results are fresh uint64 arrays. Label 0 is
+background: it is kept as it is, never absorbs a segment and is never merged into one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import fastremap
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+
+def relabel_consecutive(segmentation: np.ndarray) -> np.ndarray:
+    """Renumbers labels to 1..N in order of first appearance (C order), keeping 0 as 0.
+
+    Args:
+        segmentation: integer label volume of any shape. Not modified.
+
+    Returns:
+        uint64 array of the same shape.
+    """
+    segmentation = np.asarray(segmentation)
+    if segmentation.size == 0:
+        return segmentation.astype(np.uint64)
+    relabelled, _ = fastremap.renumber(segmentation, preserve_zero=True, in_place=False)
+    return np.asarray(relabelled, dtype=np.uint64)
+
+
+def _face_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Labels on both sides of every face between two different foreground segments."""
+    firsts, seconds = [], []
+    for axis in range(labels.ndim):
+        lower = labels[tuple(slice(0, -1) if a == axis else slice(None) for a in range(labels.ndim))]
+        upper = labels[tuple(slice(1, None) if a == axis else slice(None) for a in range(labels.ndim))]
+        boundary = (lower != upper) & (lower != 0) & (upper != 0)
+        firsts.append(lower[boundary])
+        seconds.append(upper[boundary])
+    return np.concatenate(firsts), np.concatenate(seconds), None
+
+
+def _affinity_pairs(
+    labels: np.ndarray, affinities: np.ndarray, offsets: Sequence[Sequence[int]]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels and nearest-neighbour affinity across every boundary between foreground segments."""
+    affinities = np.asarray(affinities)
+    offsets = [tuple(int(d) for d in o) for o in offsets]
+    if affinities.ndim != labels.ndim + 1 or affinities.shape[1:] != labels.shape:
+        raise ValueError(f"affinities {affinities.shape} do not match segmentation {labels.shape}")
+    if len(offsets) != affinities.shape[0]:
+        raise ValueError(f"{len(offsets)} offsets for affinities {affinities.shape}")
+    nearest = [c for c, o in enumerate(offsets) if sum(abs(d) for d in o) == 1]
+    if not nearest:
+        raise ValueError(f"no nearest-neighbour offset (one unit step) among {offsets}")
+    firsts, seconds, values = [], [], []
+    for channel in nearest:
+        sources, partners = [], []
+        for size, step in zip(labels.shape, offsets[channel]):
+            sources.append(slice(max(0, -step), size - max(0, step)))
+            partners.append(slice(max(0, step), size - max(0, -step)))
+        u, v = labels[tuple(sources)], labels[tuple(partners)]
+        boundary = (u != v) & (u != 0) & (v != 0)
+        firsts.append(u[boundary])
+        seconds.append(v[boundary])
+        values.append(affinities[channel][tuple(sources)][boundary].astype(np.float64))
+    return np.concatenate(firsts), np.concatenate(seconds), np.concatenate(values)
+
+
+def _aggregate(
+    lo: np.ndarray, hi: np.ndarray, total: np.ndarray, count: np.ndarray, n_nodes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sums ``total`` and ``count`` per unordered pair, dropping self-pairs."""
+    lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+    keep = lo != hi
+    lo, hi, total, count = lo[keep], hi[keep], total[keep], count[keep]
+    keys = lo.astype(np.uint64) * np.uint64(n_nodes) + hi.astype(np.uint64)
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return (
+        lo[first],
+        hi[first],
+        np.bincount(inverse, weights=total, minlength=len(unique)),
+        np.bincount(inverse, weights=count, minlength=len(unique)),
+    )
+
+
+def merge_small_segments(
+    segmentation: np.ndarray,
+    min_size: int,
+    affinities: np.ndarray | None = None,
+    offsets: Sequence[Sequence[int]] | None = None,
+) -> np.ndarray:
+    """Merges every segment smaller than ``min_size`` voxels into its strongest neighbour.
+
+    The strongest neighbour is the one sharing the most voxel faces (6-neighbourhood) or, when
+    ``affinities`` and ``offsets`` are given, the one with the highest mean affinity over the
+    boundary's nearest-neighbour edges (channels whose offset is one unit step). Ties go to the
+    lower label. Merging runs in rounds on the region graph: in each round every segment that
+    is still small and has a neighbour joins its strongest neighbour at once (so a chain of small
+    segments collapses together), then sizes and contacts are summed over the merged groups.
+    Rounds stop when no small segment has a neighbour; a small segment touching only background
+    or the volume border stays. Background 0 never takes part.
+
+    Args:
+        segmentation: ``(Z, Y, X)`` integer labels, 0 = background. Not modified.
+        min_size: segments with fewer voxels are merged; 0 or 1 only relabels.
+        affinities: optional ``(C, Z, Y, X)`` affinities (1 = same object); channel ``c``
+            compares ``v`` with ``v + offsets[c]``.
+        offsets: the ``C`` offsets of ``affinities``.
+
+    Returns:
+        uint64 ``(Z, Y, X)`` segmentation with consecutive ids from 1 (0 stays 0).
+    """
+    labels = relabel_consecutive(segmentation)  # (Z, Y, X), ids 0..n
+    if (affinities is None) != (offsets is None):
+        raise ValueError("affinities and offsets go together: pass both or neither")
+    n_nodes = int(labels.max(initial=0)) + 1
+    if min_size <= 1 or n_nodes <= 2:
+        return labels
+
+    if affinities is None:
+        first, second, values = _face_pairs(labels)
+    else:
+        first, second, values = _affinity_pairs(labels, affinities, offsets)
+    count = np.ones(len(first), dtype=np.float64)
+    lo, hi, total, count = _aggregate(first, second, count if values is None else values, count, n_nodes)
+    sizes = np.bincount(labels.ravel(), minlength=n_nodes).astype(np.int64)  # (n_nodes,)
+    sizes[0] = 0  # background is never a candidate: it has no edges anyway
+    group = np.arange(n_nodes)  # original label -> current group id
+
+    while len(lo):
+        score = count if affinities is None else total / count
+        src, dst, both = np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([score, score])
+        small = sizes[src] < min_size
+        if not small.any():
+            break
+        src, dst, both = src[small], dst[small], both[small]
+        order = np.lexsort((dst, -both, src))  # per source: best score first, then lower id
+        src, dst = src[order], dst[order]
+        best = np.r_[True, src[1:] != src[:-1]]
+        merges = coo_matrix(
+            (np.ones(int(best.sum()), dtype=np.int8), (src[best], dst[best])), shape=(n_nodes, n_nodes)
+        )
+        n_nodes, component = connected_components(merges, directed=False)
+        group = component[group]
+        sizes = np.bincount(component, weights=sizes, minlength=n_nodes).astype(np.int64)
+        lo, hi, total, count = _aggregate(component[lo], component[hi], total, count, n_nodes)
+
+    # Shift by one so no group can collide with background 0, then renumber.
+    merged = np.where(labels == 0, 0, group[labels].astype(np.uint64) + 1)
+    return relabel_consecutive(merged)

@@ -1,0 +1,1 @@
+"""One module per pipeline stage: each unpacks its config section and calls library functions."""

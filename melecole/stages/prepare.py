@@ -1,0 +1,100 @@
+"""prepare: a dataset source -> ``<out>/train*.h5``, ``val.h5`` and ``test.h5`` (datasets raw, labels)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from melecole.config import DataConfig
+from melecole.data.bundled import BUNDLED_FILES, load_bundled
+from melecole.data.splits import split_block
+from melecole.errors import MelecoleError
+from melecole.io import write_volumes
+
+Pair = tuple[np.ndarray, np.ndarray]
+
+
+def _bundled_splits(config: DataConfig, name: str) -> dict[str, Pair]:
+    blocks = load_bundled(config.bundled_root, name)
+    train, val = split_block(*blocks["train"], axis=config.val_axis, fraction=config.val_fraction)
+    if "test" in blocks:
+        return {"train": train, "val": val, "test": blocks["test"]}
+    # A dataset without its own test block gives up a second slab for testing.
+    train, test = split_block(*train, axis=config.val_axis, fraction=config.val_fraction)
+    return {"train": train, "val": val, "test": test}
+
+
+def _synthetic_splits(config: DataConfig, seed: int) -> dict[str, Pair]:
+    from melecole.data.synthetic import make_synthetic_volume
+
+    s = config.synthetic
+    return {
+        split: make_synthetic_volume(shape=s.shape, anisotropy=s.anisotropy, neurites=s.neurites, noise=s.noise,
+                                     blur=s.blur, defects=s.defects, seed=seed * 3 + offset)
+        for offset, split in enumerate(("train", "val", "test"))
+    }
+
+
+def _snemi3d_splits(config: DataConfig) -> dict[str, Pair]:
+    from melecole.data.snemi3d import load_snemi3d
+
+    folder = Path(config.snemi3d.archive)
+    if not folder.exists():
+        raise MelecoleError(
+            f"{folder}: SNEMI3D is not downloaded; with network access run `dvc update data.dvc` "
+            f"(or `melecole fetch-snemi3d --out {folder}`)"
+        )
+    return load_snemi3d(folder)
+
+
+def dataset_splits(config: DataConfig, seed: int) -> dict[str, Pair]:
+    """The train / val / test (raw, labels) pairs of the configured source."""
+    if config.dataset in BUNDLED_FILES:
+        return _bundled_splits(config, config.dataset)
+    if config.dataset == "synthetic":
+        return _synthetic_splits(config, seed)
+    return _snemi3d_splits(config)
+
+
+def _sources(config: DataConfig) -> list[Path]:
+    root = Path(config.bundled_root)
+    names = {config.dataset, *config.extra_train} & set(BUNDLED_FILES)
+    return [root / name for name in sorted(names)]
+
+
+def prepare(config: DataConfig, seed: int, out: str | Path) -> list[Path]:
+    """Writes the prepared volumes and returns their paths.
+
+    The output folder is built beside ``out`` and renamed into place, so an interrupted run
+    leaves the previous output (or none) rather than a partial one.
+    """
+    out = Path(out)
+    splits = dataset_splits(config, seed)
+    extras = {name: load_bundled(config.bundled_root, name)["train"]
+              for name in config.extra_train if name != config.dataset}
+    staging = out.with_name(f".{out.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        written = []
+        for split, (raw, labels) in splits.items():
+            attrs = {"source": config.dataset, "split": split}
+            write_volumes(staging / f"{split}.h5", {"raw": raw, "labels": labels.astype(np.uint64)}, attrs)
+            written.append(out / f"{split}.h5")
+        for name, (raw, labels) in extras.items():
+            attrs = {"source": name, "split": "train"}
+            write_volumes(staging / f"train-{name}.h5", {"raw": raw, "labels": labels.astype(np.uint64)}, attrs)
+            written.append(out / f"train-{name}.h5")
+        for source in _sources(config):
+            for notice in ("LICENSE.txt", "CITATION.bib", "README.md"):
+                if (source / notice).is_file():
+                    (staging / "licences" / source.name).mkdir(parents=True, exist_ok=True)
+                    shutil.copy(source / notice, staging / "licences" / source.name / notice)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return written

@@ -1,0 +1,146 @@
+"""train: prepared volumes + params -> the checkpoint with the best validation VI, tracked in MLflow."""
+
+from __future__ import annotations
+
+import copy
+import random
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from melecole.checkpoint import save_checkpoint
+from melecole.config import Params, params_as_dict
+from melecole.data.normalize import normalize_raw
+from melecole.data.sampling import PatchSampler
+from melecole.errors import MelecoleError
+from melecole.evaluate import evaluate_segmentation
+from melecole.inference.volume import predict_volume
+from melecole.io import atomic_output, check_same_shape, read_volumes
+from melecole.losses import EmbeddingLoss
+from melecole.models import build_model
+from melecole.segment.pipeline import segment_affinities
+from melecole.tracking import Tracker
+from melecole.training import train_loop
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else as torch spells it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise MelecoleError(f"train.device '{name}': {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise MelecoleError(f"train.device '{name}': CUDA is not available on this machine")
+    return device
+
+
+def seed_everything(seed: int) -> np.random.Generator:
+    """Seeds python, torch and returns the numpy Generator the data pipeline draws from."""
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    return np.random.default_rng(seed)
+
+
+def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Reads datasets ``raw`` and ``labels`` of a prepared file, raw normalised to float32."""
+    volumes = read_volumes(path, {"raw": 3, "labels": 3})
+    check_same_shape(path, volumes)
+    labels = volumes["labels"]
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise MelecoleError(f"{path}:labels has dtype {labels.dtype}; integer labels are required")
+    return normalize_raw(volumes["raw"], f"{path}:raw"), labels.astype(np.uint64)
+
+
+def training_files(data_dir: str | Path) -> tuple[list[Path], Path]:
+    """``train*.h5`` and ``val.h5`` of a prepared folder."""
+    data_dir = Path(data_dir)
+    train = sorted(data_dir.glob("train*.h5"))
+    val = data_dir / "val.h5"
+    if not train:
+        raise MelecoleError(f"{data_dir}: no train*.h5 files (run `melecole prepare` first)")
+    if not val.is_file():
+        raise MelecoleError(f"{val}: validation volume not found (run `melecole prepare` first)")
+    return train, val
+
+
+def make_validator(params: Params, raw: np.ndarray, labels: np.ndarray):
+    """A callable scoring a model on the validation volume with the pipeline's own segmentation."""
+    loss, seg = params.train.loss, params.segment
+
+    def validate(model: torch.nn.Module) -> dict:
+        predictions = predict_volume(model, raw, params.predict.patch, params.predict.overlap,
+                                     params.predict.batch_size, seg.offsets, loss.delta_d, loss.norm)
+        segmentation = segment_affinities(predictions["affinities"], seg.offsets, seg.attractive, seg.strides,
+                                          seg.randomize_strides, seg.min_size, predictions["boundary"],
+                                          seg.foreground_threshold, params.seed)
+        return evaluate_segmentation(segmentation, labels)
+
+    return validate
+
+
+def _progress(total: int):
+    def report(step: int, figures: dict) -> None:
+        print(f"step {step}/{total}  loss {figures['train_loss']:.4f}  "
+              f"{figures['patches_per_second']:.2f} patches/s", file=sys.stderr, flush=True)
+    return report
+
+
+def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: str | Path,
+          run_file: str | Path | None = None) -> dict:
+    """Trains a model and writes the checkpoint with the best validation VI sum.
+
+    Returns:
+        a summary: best step, its validation metrics, wall time.
+    """
+    cfg = params.train
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    rng = seed_everything(params.seed)
+    device = resolve_device(cfg.device)
+    volumes = [load_labelled(path) for path in train_files]
+    val_raw, val_labels = load_labelled(val_file)
+    sampler = PatchSampler(volumes, cfg.patch, rng, permute=cfg.permute_axes, flip=cfg.flip,
+                           min_labelled=cfg.min_labelled)
+    model_args = params.model.model_dump(mode="json", exclude={"name"})
+    model = build_model(params.model.name, **model_args).to(device)
+    divisor = tuple(model.divisor)
+    for name, shape in (("train.patch", cfg.patch), ("predict.patch", params.predict.patch)):
+        if any(s % d for s, d in zip(shape, divisor)):
+            raise MelecoleError(f"{name} {tuple(shape)} must be divisible by the model's divisor {divisor}")
+    loss = cfg.loss
+    loss_fn = EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha, beta=loss.beta,
+                            gamma=loss.gamma, norm=loss.norm, boundary_weight=loss.boundary_weight)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    params_dict = params_as_dict(params)
+    tracker = Tracker.start(params.tracking.experiment, params_dict, enabled=params.tracking.enabled,
+                            run_name=f"{params.data.dataset}-{cfg.steps}steps")
+    best: dict = {}
+
+    def keep_best(step: int, metrics: dict) -> None:
+        best.update(step=step, metrics=dict(metrics), state=copy.deepcopy(model.state_dict()))
+
+    try:
+        result = train_loop(model, loss_fn, sampler, optimizer, cfg.steps, cfg.batch_size, device,
+                            cfg.log_every, cfg.val_every, make_validator(params, val_raw, val_labels),
+                            on_log=tracker.log_metrics, on_best=keep_best, progress=_progress(cfg.steps))
+    except BaseException:
+        tracker.finish("FAILED")
+        raise
+    model.load_state_dict(best["state"])
+    summary = {"best_step": best["step"], "val": best["metrics"], "seconds": result.seconds,
+               "device": str(device)}
+    save_checkpoint(checkpoint, model, params_dict, extra={"best_step": best["step"],
+                                                          "val_vi_split": best["metrics"]["vi_split"],
+                                                          "val_vi_merge": best["metrics"]["vi_merge"]})
+    tracker.log_metrics({"best_step": best["step"], "train_seconds": result.seconds})
+    tracker.log_artifact(checkpoint, "checkpoint")
+    if run_file is not None:
+        with atomic_output(run_file) as tmp:
+            tmp.write_text((tracker.run_id or "") + "\n")
+    return summary

@@ -1,0 +1,126 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+One pipeline run is one MLflow run. ``train`` opens it and records its id in a small file;
+``evaluate`` reopens the same run to add the test metrics. The store defaults to a SQLite file
+in the working directory (``mlflow.db``, artifacts under ``mlruns/``); ``MLFLOW_TRACKING_URI``
+switches to a server.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+from melecole.errors import MelecoleError
+
+LOCAL_STORE = "mlflow.db"
+
+
+def _mlflow():
+    # Imported lazily: mlflow takes seconds to import and most commands never need it.
+    import mlflow
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow
+
+
+def tracking_uri(workdir: str | Path = ".") -> str:
+    """MLFLOW_TRACKING_URI when set, else a SQLite store in ``workdir``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(workdir).resolve() / LOCAL_STORE}"
+
+
+def flatten(params: Mapping, prefix: str = "") -> dict[str, str]:
+    """Nested mapping -> {"a.b.c": "value"} with values as text, for MLflow params."""
+    flat: dict[str, str] = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+def run_tags() -> dict[str, str]:
+    """Tags that tie a run to its git commit and DVC experiment."""
+    tags = {}
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        if commit.returncode == 0:
+            tags["git_commit"] = commit.stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10)
+        if dirty.returncode == 0:
+            tags["git_dirty"] = str(bool(dirty.stdout.strip()))
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for variable, tag in (("DVC_EXP_NAME", "dvc_experiment"), ("DVC_EXP_BASELINE_REV", "dvc_baseline_rev"),
+                          ("DVC_STAGE", "dvc_stage")):
+        if os.environ.get(variable):
+            tags[tag] = os.environ[variable]
+    return tags
+
+
+class Tracker:
+    """A thin handle on one MLflow run; every method is a no-op when tracking is disabled."""
+
+    def __init__(self, enabled: bool, run_id: str | None = None):
+        self.enabled = enabled
+        self.run_id = run_id
+
+    @classmethod
+    def start(cls, experiment: str, params: Mapping, enabled: bool = True, run_name: str | None = None) -> Tracker:
+        """Creates a run in ``experiment`` with flattened ``params`` and the git / DVC tags."""
+        if not enabled:
+            return cls(False)
+        mlflow = _mlflow()
+        mlflow.set_tracking_uri(tracking_uri())
+        try:
+            experiment_id = mlflow.set_experiment(experiment).experiment_id
+            client = mlflow.MlflowClient()
+            run = client.create_run(experiment_id, run_name=run_name, tags=run_tags())
+            flat = flatten(params)
+            items = list(flat.items())
+            for start in range(0, len(items), 100):
+                client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
+        except Exception as error:  # noqa: BLE001 - any store failure is reported the same way
+            raise MelecoleError(f"MLflow store {tracking_uri()}: cannot start a run ({error})") from None
+        return cls(True, run.info.run_id)
+
+    @classmethod
+    def resume(cls, run_id: str | None) -> Tracker:
+        """A handle on an existing run (None -> disabled)."""
+        if not run_id:
+            return cls(False)
+        _mlflow().set_tracking_uri(tracking_uri())
+        return cls(True, run_id)
+
+    def _client(self):
+        return _mlflow().MlflowClient()
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.enabled:
+            return
+        mlflow = _mlflow()
+        stamp = mlflow.utils.time.get_current_time_millis()
+        entries = [mlflow.entities.Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
+        self._client().log_batch(self.run_id, metrics=entries)
+
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        if not self.enabled:
+            return
+        client = self._client()
+        for key, value in tags.items():
+            client.set_tag(self.run_id, key, str(value))
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        if self.enabled:
+            self._client().log_artifact(self.run_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED") -> None:
+        if self.enabled:
+            self._client().set_terminated(self.run_id, status=status)

@@ -1,0 +1,292 @@
+"""Tests of VI split / merge, adapted Rand error and the contingency table."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from skimage.metrics import adapted_rand_error as skimage_arand
+from skimage.metrics import variation_of_information as skimage_vi
+
+from melecole.errors import MelecoleError
+from melecole.evaluate import (
+    adapted_rand_error,
+    contingency,
+    evaluate_segmentation,
+    variation_of_information,
+)
+
+DATA = Path(__file__).parents[1] / "datasets" / "flyem-fib-small"
+
+# Peers' numbers for the bundled volume: VI from gala's test-suite, arand from
+# skimage 0.26 adapted_rand_error(gt, seg); ground-truth 0 ignored.
+REFERENCE = {
+    "test-ws": (1.6477441186020116, 0.18452859812791342, 0.3659741088178131),
+    "test-seg1": (0.3045386084237077, 0.3648818741376926, 0.11213143279202553),
+    "test-seg4": (0.23417579799761237, 0.3950471409984648, 0.12380124044756946),
+}
+
+
+def _stack(name: str) -> np.ndarray:
+    with h5py.File(DATA / f"{name}.lzf.h5", "r") as f:
+        return f["stack"][:]
+
+
+@pytest.fixture(scope="module")
+def fib_gt() -> np.ndarray:
+    return _stack("test-gt")
+
+
+# ---------------------------------------------------------------- reference data
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_reference_scores_of_bundled_volume(name, fib_gt):
+    seg = _stack(name)
+    assert seg.shape == fib_gt.shape == (50, 100, 200)
+    split, merge, arand = REFERENCE[name]
+
+    scores = evaluate_segmentation(seg, fib_gt)
+
+    assert set(scores) == {"vi_split", "vi_merge", "arand"}
+    assert all(type(v) is float for v in scores.values())
+    assert scores["vi_split"] == pytest.approx(split, abs=1e-9)
+    assert scores["vi_merge"] == pytest.approx(merge, abs=1e-9)
+    assert scores["arand"] == pytest.approx(arand, abs=1e-9)
+    assert variation_of_information(seg, fib_gt) == pytest.approx((split, merge), abs=1e-9)
+    assert adapted_rand_error(seg, fib_gt) == pytest.approx(arand, abs=1e-9)
+
+
+def test_bundled_volume_is_scored_well_under_a_second(fib_gt):
+    seg = _stack("test-ws")
+    evaluate_segmentation(seg, fib_gt)  # warm-up: imports and first-call overheads
+    start = time.perf_counter()
+    evaluate_segmentation(seg, fib_gt)
+    assert time.perf_counter() - start < 1.0
+
+
+# ---------------------------------------------------------------- independent references
+
+
+def _entropy_bits(*labels: np.ndarray) -> float:
+    """Joint entropy of label arrays (M,), from counts of distinct label tuples."""
+    _, counts = np.unique(np.stack(labels), axis=1, return_counts=True)
+    p = counts / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def _direct_vi(seg: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    keep = gt != 0
+    s, g = seg[keep].astype(np.int64), gt[keep].astype(np.int64)
+    joint = _entropy_bits(s, g)
+    return joint - _entropy_bits(g), joint - _entropy_bits(s)
+
+
+def _random_pair(rng: np.random.Generator, shape, n_seg: int, n_gt: int):
+    """A ground truth of blocky objects with unlabelled voxels and a noisy segmentation."""
+    gt = rng.integers(0, n_gt, size=shape)  # (Z, Y, X), 0 = unlabelled
+    seg = np.where(rng.random(shape) < 0.7, gt % max(n_seg, 1), rng.integers(0, n_seg, shape))
+    return seg.astype(np.int64), gt.astype(np.int64)
+
+
+def _huge_ids(labels: np.ndarray, rng: np.random.Generator, keep_zero: bool) -> np.ndarray:
+    """Relabel compact labels to distinct uint64 ids spread up to 2**64 - 1."""
+    n = int(labels.max()) + 1
+    table = np.unique(rng.integers(2**40, 2**64 - 1, size=4 * n, dtype=np.uint64))
+    table = rng.permutation(table)[:n]
+    table[-1] = np.uint64(2**64 - 1)  # the largest possible id must work too
+    if keep_zero:
+        table[0] = 0
+    return table[labels]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_skimage_and_direct_entropies_on_random_volumes(seed):
+    rng = np.random.default_rng(seed)
+    seg, gt = _random_pair(rng, (6, 9, 11), n_seg=int(rng.integers(2, 30)), n_gt=12)
+
+    split, merge = variation_of_information(seg, gt)
+    arand = adapted_rand_error(seg, gt)
+
+    # skimage.metrics.variation_of_information(image0, image1) returns
+    # [H(image1 | image0), H(image0 | image1)] and ignores labels of image0.
+    sk_split, sk_merge = skimage_vi(gt, seg, ignore_labels=[0])
+    assert (split, merge) == pytest.approx((sk_split, sk_merge), abs=1e-12)
+    assert (split, merge) == pytest.approx(_direct_vi(seg, gt), abs=1e-12)
+    assert arand == pytest.approx(skimage_arand(gt, seg)[0], abs=1e-12)
+    assert split > 0.1 and merge > 0.1 and 0.05 < arand < 1.0
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_huge_uint64_ids_score_like_compact_ids(seed):
+    rng = np.random.default_rng(seed)
+    seg, gt = _random_pair(rng, (5, 8, 7), n_seg=9, n_gt=15)
+    huge_seg = _huge_ids(seg, rng, keep_zero=False)
+    huge_gt = _huge_ids(gt, rng, keep_zero=True)
+    assert huge_seg.dtype == huge_gt.dtype == np.uint64 and huge_gt.max() == 2**64 - 1
+
+    scores = evaluate_segmentation(huge_seg, huge_gt)
+
+    # skimage sizes its table by the largest id, so it only gets the compact labels.
+    sk_split, sk_merge = skimage_vi(gt, seg, ignore_labels=[0])
+    assert scores["vi_split"] == pytest.approx(sk_split, abs=1e-12)
+    assert scores["vi_merge"] == pytest.approx(sk_merge, abs=1e-12)
+    assert scores["arand"] == pytest.approx(skimage_arand(gt, seg)[0], abs=1e-12)
+
+
+# ---------------------------------------------------------------- hand-computed cases
+
+
+def test_identical_segmentation_scores_zero():
+    gt = np.array([[1, 1, 2], [2, 3, 3]], dtype=np.uint8)
+    assert evaluate_segmentation(gt, gt) == {"vi_split": 0.0, "vi_merge": 0.0, "arand": 0.0}
+
+
+def test_perfect_scores_are_positive_zero_in_json():
+    # A pure over-segmentation has no merge error; metrics JSON must not read "-0.0".
+    gt = np.array([1, 1, 1, 2, 2, 2], dtype=np.int32)
+    seg = np.arange(6, dtype=np.int32)
+    scores = evaluate_segmentation(seg, gt)
+    assert scores["vi_merge"] == 0.0 and scores["vi_split"] > 0.0
+    assert "-" not in json.dumps(scores)
+
+
+def test_split_of_one_object_into_halves_costs_one_bit_of_split():
+    gt = np.ones((2, 2, 4), dtype=np.int32)
+    seg = np.zeros_like(gt)
+    seg[:, :, 2:] = 7  # two equal halves
+    assert variation_of_information(seg, gt) == pytest.approx((1.0, 0.0), abs=1e-12)
+    # Pairs: 16*15 in gt, 2*8*7 in seg and shared -> 1 - 112 / ((240 + 112) / 2).
+    assert adapted_rand_error(seg, gt) == pytest.approx(1.0 - 112.0 / 176.0, abs=1e-12)
+
+
+def test_merge_of_two_equal_objects_costs_one_bit_of_merge():
+    gt = np.zeros((3, 4), dtype=np.int64)
+    gt[:, :2], gt[:, 2:] = 5, 9
+    seg = np.full_like(gt, 4)
+    assert variation_of_information(seg, gt) == pytest.approx((0.0, 1.0), abs=1e-12)
+
+
+def test_four_way_split_with_uneven_sizes():
+    # One object of 8 voxels split 4/2/1/1: H = 0.5*1 + 0.25*2 + 2 * 0.125*3 = 1.75 bits.
+    gt = np.full(8, 3, dtype=np.int16)
+    seg = np.array([1, 1, 1, 1, 2, 2, 3, 4], dtype=np.int16)
+    assert variation_of_information(seg, gt) == pytest.approx((1.75, 0.0), abs=1e-12)
+
+
+def test_segmentation_label_zero_is_an_ordinary_label():
+    gt = np.array([1, 1, 2, 2], dtype=np.int32)
+    seg = np.zeros_like(gt)  # nothing segmented: one big segment 0
+    assert variation_of_information(seg, gt) == pytest.approx((0.0, 1.0), abs=1e-12)
+
+
+def test_relabelling_and_voxel_order_do_not_change_scores():
+    rng = np.random.default_rng(5)
+    seg, gt = _random_pair(rng, (4, 6, 10), n_seg=8, n_gt=10)
+    expected = evaluate_segmentation(seg, gt)
+
+    seg_perm = rng.permutation(100)[seg]  # injective relabelling of every segment
+    gt_perm = np.concatenate([[0], 1 + rng.permutation(50)])[gt]  # keep 0 = unlabelled
+    order = rng.permutation(seg.size)
+
+    assert evaluate_segmentation(seg_perm, gt_perm) == pytest.approx(expected, abs=1e-12)
+    assert evaluate_segmentation(
+        seg.ravel()[order], gt.ravel()[order]
+    ) == pytest.approx(expected, abs=1e-12)
+
+
+def test_voxels_with_ground_truth_zero_do_not_count():
+    gt = np.array([0, 0, 0, 1, 1, 2, 2], dtype=np.int32)
+    seg = np.array([9, 8, 1, 1, 1, 2, 2], dtype=np.int32)
+    other = np.array([5, 5, 5, 1, 1, 2, 2], dtype=np.int32)  # differs only where gt is 0
+    scores = evaluate_segmentation(seg, gt)
+    assert scores == {"vi_split": 0.0, "vi_merge": 0.0, "arand": 0.0}
+    assert evaluate_segmentation(other, gt) == scores
+    # Without ignoring, the unlabelled voxels are an object segment 1 merges with.
+    split, merge = variation_of_information(seg, gt, ignore_gt=())
+    assert split > 0.0 and merge > 0.0
+    assert adapted_rand_error(seg, gt, ignore_gt=()) > 0.0
+
+
+def test_custom_ignored_labels():
+    gt = np.array([1, 1, 2, 2, 3, 3], dtype=np.int64)
+    seg = np.array([1, 1, 2, 2, 2, 2], dtype=np.int64)
+    assert variation_of_information(seg, gt, ignore_gt=(3,)) == (0.0, 0.0)
+    assert variation_of_information(seg, gt, ignore_gt=(2, 3)) == (0.0, 0.0)
+    assert variation_of_information(seg, gt, ignore_gt=(1,))[1] == pytest.approx(1.0)
+
+
+def test_split_and_merge_swap_when_arguments_swap():
+    rng = np.random.default_rng(6)
+    seg, gt = _random_pair(rng, (5, 5, 5), n_seg=6, n_gt=9)
+    split, merge = variation_of_information(seg, gt, ignore_gt=())
+    assert variation_of_information(gt, seg, ignore_gt=()) == pytest.approx((merge, split))
+    assert adapted_rand_error(gt, seg, ignore_gt=()) == pytest.approx(
+        adapted_rand_error(seg, gt, ignore_gt=())
+    )
+
+
+def test_all_singletons_give_zero_adapted_rand_error():
+    labels = np.arange(1, 6, dtype=np.uint32)
+    assert adapted_rand_error(labels[::-1].copy(), labels) == 0.0
+
+
+# ---------------------------------------------------------------- contingency table
+
+
+def test_contingency_counts_pairs_in_label_order():
+    gt = np.array([[0, 7, 7], [3, 3, 7]], dtype=np.uint64)
+    seg = np.array([[4, 4, 2**63], [2**63, 4, 4]], dtype=np.uint64)
+    table = contingency(seg, gt)
+    # rows: seg 4, 2**63; cols: gt 3, 7 (gt 0 dropped)
+    np.testing.assert_array_equal(table.toarray(), [[1, 2], [1, 1]])
+    # rows as above; cols: gt 0, 3, 7
+    everything = contingency(seg, gt, ignore_gt=())
+    np.testing.assert_array_equal(everything.toarray(), [[1, 1, 2], [0, 1, 1]])
+    assert everything.dtype == np.int64 and everything.nnz == 5
+
+
+# ---------------------------------------------------------------- input checks
+
+
+def test_shape_mismatch_is_reported_with_both_shapes():
+    with pytest.raises(MelecoleError, match=r"\(3, 4, 5\).*\(3, 4, 6\)"):
+        evaluate_segmentation(np.zeros((3, 4, 5), np.int32), np.ones((3, 4, 6), np.int32))
+
+
+@pytest.mark.parametrize("which", ["seg", "gt"])
+def test_float_labels_are_refused_with_shape_and_dtype(which):
+    ints = np.ones((2, 3, 4), dtype=np.int32)
+    floats = ints.astype(np.float32)
+    seg, gt = (floats, ints) if which == "seg" else (ints, floats)
+    with pytest.raises(MelecoleError, match=r"\(2, 3, 4\).*float32.*integer"):
+        variation_of_information(seg, gt)
+    with pytest.raises(MelecoleError, match="integer"):
+        adapted_rand_error(seg, gt)
+
+
+def test_all_ignored_ground_truth_is_refused():
+    gt = np.zeros((2, 3), dtype=np.int32)
+    with pytest.raises(MelecoleError, match=r"\(2, 3\)"):
+        evaluate_segmentation(np.ones_like(gt), gt)
+
+
+def test_inputs_are_not_modified_and_views_are_accepted():
+    rng = np.random.default_rng(7)
+    seg, gt = _random_pair(rng, (6, 8, 10), n_seg=7, n_gt=8)
+    seg_view, gt_view = seg[:, ::2, 1:], gt[:, ::2, 1:]  # non-contiguous views
+    seg_before, gt_before = seg.copy(), gt.copy()
+
+    scores = evaluate_segmentation(seg_view, gt_view)
+    contingency(seg, gt)
+    variation_of_information(seg, gt, ignore_gt=())
+
+    np.testing.assert_array_equal(seg, seg_before)
+    np.testing.assert_array_equal(gt, gt_before)
+    assert scores == pytest.approx(
+        evaluate_segmentation(seg_view.copy(), gt_view.copy()), abs=1e-15
+    )
