@@ -58,7 +58,7 @@ class ModelConfig(_Strict):
     in_channels: int = Field(1, ge=1)
     base_channels: int = Field(16, ge=1)
     channel_factor: int = Field(2, ge=1)
-    downsample: list[Triple] = [(1, 2, 2), (2, 2, 2)]
+    downsample: list[Triple] = [(2, 2, 2), (2, 2, 2)]
     kernel: list[Triple] | None = None
     embedding_dim: int = Field(16, ge=1)
     norm: Literal["group", "batch", "instance", "none"] = "group"
@@ -96,7 +96,7 @@ class TrainConfig(_Strict):
 
     steps: int = Field(600, ge=1)
     batch_size: int = Field(1, ge=1)
-    patch: Triple = (32, 64, 64)
+    patch: Triple = (48, 48, 48)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     permute_axes: Literal["all", "xy", "none"] = "all"
@@ -112,8 +112,8 @@ class TrainConfig(_Strict):
 class PredictConfig(_Strict):
     """Sliding-window inference."""
 
-    patch: Triple = (32, 64, 64)
-    overlap: Triple = (8, 16, 16)
+    patch: Triple = (48, 48, 48)
+    overlap: Triple = (12, 12, 12)
     batch_size: int = Field(1, ge=1)
 
     @model_validator(mode="after")
@@ -126,14 +126,15 @@ class PredictConfig(_Strict):
 class SegmentConfig(_Strict):
     """Embeddings -> affinities -> Mutex Watershed -> clean-up."""
 
+    # Isotropic FIB-SEM default: 3 nearest neighbours (attractive), then long-range (repulsive).
     offsets: list[Triple] = [
         (-1, 0, 0), (0, -1, 0), (0, 0, -1),
-        (-2, 0, 0), (0, -3, 0), (0, 0, -3),
-        (-3, 0, 0), (0, -9, 0), (0, 0, -9),
-        (-4, -4, -4), (0, -9, -9), (0, 9, -9),
+        (-3, 0, 0), (0, -3, 0), (0, 0, -3),
+        (-9, 0, 0), (0, -9, 0), (0, 0, -9),
+        (-6, -6, 0), (0, -6, -6), (-6, 0, -6),
     ]
     attractive: int = Field(3, ge=1, description="the first N offsets are attractive, the rest repulsive")
-    strides: Triple = (1, 2, 2)
+    strides: Triple = (1, 1, 1)
     randomize_strides: bool = False
     foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")
     min_size: int = Field(50, ge=0)

@@ -38,14 +38,14 @@ def _synthetic_splits(config: DataConfig, seed: int) -> dict[str, Pair]:
 
 
 def _snemi3d_splits(config: DataConfig) -> dict[str, Pair]:
-    from melecole.data.snemi3d import load_snemi3d
-
     folder = Path(config.snemi3d.archive)
     if not folder.exists():
         raise MelecoleError(
             f"{folder}: SNEMI3D is not downloaded; with network access run `dvc update data.dvc` "
             f"(or `melecole fetch-snemi3d --out {folder}`)"
         )
+    from melecole.data.snemi3d import load_snemi3d
+
     return load_snemi3d(folder)
 
 

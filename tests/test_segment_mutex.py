@@ -1,0 +1,164 @@
+"""Mutex Watershed wrapper: affinity convention, strides, mask, and agreement with mwatershed."""
+
+from __future__ import annotations
+
+import mwatershed
+import numpy as np
+import pytest
+
+from melecole.segment.affinities import valid_mask
+from melecole.segment.mutex import mutex_watershed
+
+OFFSETS = [
+    (-1, 0, 0), (0, -1, 0), (0, 0, -1),
+    (-2, 0, 0), (0, -3, 0), (0, 0, -3), (-1, -2, -2), (0, 3, -3),
+]
+
+
+def _blocks() -> np.ndarray:
+    """Three objects: two side by side for z < 2 (split at x = 3), one filling z >= 2."""
+    gt = np.full((4, 6, 7), 3, dtype=np.uint64)
+    gt[:2, :, :3] = 1
+    gt[:2, :, 3:] = 2
+    return gt
+
+
+def _perfect_affinities(gt: np.ndarray, offsets: list[tuple[int, int, int]]) -> np.ndarray:
+    """1 where v and v + o are in the same object, 0 across objects and outside the volume."""
+    affs = np.zeros((len(offsets),) + gt.shape, dtype=np.float32)
+    for c, offset in enumerate(offsets):
+        src = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(gt.shape, offset))
+        dst = tuple(slice(max(0, d), n - max(0, -d)) for n, d in zip(gt.shape, offset))
+        affs[(c,) + src] = gt[src] == gt[dst]
+    return affs
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """True iff the labels of a and b correspond one to one (a bijection between ids)."""
+    pairs = np.unique(np.stack([a.ravel(), b.ravel()]), axis=1)
+    return pairs.shape[1] == len(np.unique(a)) == len(np.unique(b))
+
+
+@pytest.mark.parametrize(
+    ("strides", "randomize"), [((1, 1, 1), False), ((1, 2, 2), False), ((2, 2, 2), True)]
+)
+def test_perfect_affinities_give_the_ground_truth(strides: tuple[int, int, int], randomize: bool) -> None:
+    gt = _blocks()
+    seg = mutex_watershed(_perfect_affinities(gt, OFFSETS), OFFSETS, strides=strides, randomize_strides=randomize)
+    assert seg.dtype == np.uint64 and seg.shape == gt.shape
+    assert _same_partition(seg, gt)
+    np.testing.assert_array_equal(np.unique(seg), [1, 2, 3])
+
+
+@pytest.mark.parametrize("sign", [-1, 1])
+def test_offset_direction_convention(sign: int) -> None:
+    # One row of 6 voxels; the only cut is between x = 2 and x = 3.
+    offsets = [(sign, 0, 0), (0, sign, 0), (0, 0, sign), (0, 0, 2 * sign)]
+    gt = np.array([1, 1, 1, 2, 2, 2], dtype=np.uint64).reshape(1, 1, 6)
+    affs = _perfect_affinities(gt, offsets)
+    # Channel (0, 0, -1) stores the cut at x = 3 (compares 3 with 2); (0, 0, 1) stores it at x = 2.
+    cut_at = 3 if sign < 0 else 2
+    assert affs[2, 0, 0, cut_at] == 0 and affs[2, 0, 0].sum() == 4
+    seg = mutex_watershed(affs, offsets, strides=(1, 1, 1))
+    np.testing.assert_array_equal(seg[0, 0], [1, 1, 1, 2, 2, 2])
+    # The same cut written at the neighbouring voxel is a different cut, and is not obeyed.
+    shifted = np.ones_like(affs)
+    shifted[2, 0, 0, cut_at + sign] = 0.0
+    shifted[3] = 0.2  # repulsion everywhere, weaker than the attractive edges: the cut decides
+    shifted *= valid_mask(gt.shape, offsets)
+    assert not _same_partition(mutex_watershed(shifted, offsets, strides=(1, 1, 1)), gt)
+
+
+def test_all_one_affinities_give_one_segment() -> None:
+    affs = np.ones((len(OFFSETS), 3, 5, 5), dtype=np.float32)
+    seg = mutex_watershed(affs, OFFSETS)
+    np.testing.assert_array_equal(seg, 1)
+
+
+def test_strong_repulsion_separates_every_repulsive_pair() -> None:
+    affs = np.zeros((len(OFFSETS), 4, 6, 7), dtype=np.float32)
+    seg = mutex_watershed(affs, OFFSETS, strides=(1, 1, 1))
+    n_segments = len(np.unique(seg))
+    assert n_segments > 10
+    np.testing.assert_array_equal(np.unique(seg), np.arange(1, n_segments + 1))
+    # Every kept repulsive edge is a mutex constraint: its two voxels end up apart.
+    for offset in OFFSETS[3:]:
+        src = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(seg.shape, offset))
+        dst = tuple(slice(max(0, d), n - max(0, -d)) for n, d in zip(seg.shape, offset))
+        assert np.all(seg[src] != seg[dst]), offset
+
+
+def test_mask_gives_background_and_consecutive_ids() -> None:
+    gt = _blocks()
+    mask = np.ones(gt.shape, dtype=bool)
+    mask[:, :, 5] = False  # a plane through objects 2 and 3
+    mask[3, 0, 0] = False
+    seg = mutex_watershed(_perfect_affinities(gt, OFFSETS), OFFSETS, mask=mask)
+    assert np.all(seg[~mask] == 0) and np.all(seg[mask] > 0)
+    np.testing.assert_array_equal(np.unique(seg), np.arange(0, seg.max() + 1))
+    # Cutting the plane x = 5 out splits objects 2 and 3 in two pieces each.
+    assert seg.max() == 5
+    assert _same_partition(seg[mask], (gt * 10 + (np.arange(7) > 5))[mask])
+
+
+def test_input_is_not_modified_and_random_strides_are_seeded() -> None:
+    rng = np.random.default_rng(3)
+    affs = rng.uniform(0.0, 1.0, size=(len(OFFSETS), 4, 8, 8)).astype(np.float32)
+    before = affs.copy()
+    global_state = np.random.get_state()[1].copy()
+    first = mutex_watershed(affs, OFFSETS, randomize_strides=True, seed=7)
+    second = mutex_watershed(affs, OFFSETS, randomize_strides=True, seed=7)
+    np.testing.assert_array_equal(affs, before)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(np.random.get_state()[1], global_state)  # global RNG untouched
+    other = mutex_watershed(affs, OFFSETS, randomize_strides=True, seed=8)
+    assert not np.array_equal(first, other)
+
+
+def test_dropping_repulsive_edges_by_stride_lets_objects_merge() -> None:
+    # Two voxels joined by a weak attractive edge and held apart by one strong repulsive edge at x = 2.
+    offsets = [(0, 0, -1), (0, -1, 0), (-1, 0, 0), (0, 0, -2)]
+    affs = np.ones((4, 1, 1, 3), dtype=np.float32)
+    affs[0] = 0.4
+    affs[3] = 0.1
+    affs *= valid_mask((1, 1, 3), offsets)
+    assert len(np.unique(mutex_watershed(affs, offsets, strides=(1, 1, 1)))) == 2
+    # Stride 3 along x keeps repulsive edges at x = 0 only, where (0, 0, -2) has no partner.
+    np.testing.assert_array_equal(mutex_watershed(affs, offsets, strides=(1, 1, 3)), 1)
+
+
+@pytest.mark.parametrize(("noise", "seed"), [(0.25, 4), (0.4, 5)])
+def test_agrees_with_mwatershed_on_noisy_affinities(noise: float, seed: int) -> None:
+    gt = _blocks()
+    rng = np.random.default_rng(seed)
+    perfect = _perfect_affinities(gt, OFFSETS)
+    # Continuous noise: no two edges share a weight, so the greedy order is unique.
+    affs = np.clip(0.15 + 0.7 * perfect + rng.normal(scale=noise, size=perfect.shape), 0.01, 0.99)
+    affs = affs.astype(np.float32)
+    ours = mutex_watershed(affs, OFFSETS, strides=(1, 1, 1))
+    # mwatershed takes signed weights: > 0 merges, < 0 repels, processed by decreasing magnitude.
+    signed = affs.astype(np.float64)
+    signed[3:] = -(1.0 - signed[3:])
+    theirs = mwatershed.agglom(signed, [list(o) for o in OFFSETS])
+    assert 3 < len(np.unique(ours)) < gt.size // 2  # noisy enough to matter, not shattered
+    assert _same_partition(ours, theirs)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"attractive": 4}, "attractive"),
+        ({"strides": (1, 2)}, "strides"),
+        ({"offsets": OFFSETS[:-1]}, "offset"),
+        ({"mask": np.ones((2, 2, 2), bool)}, "mask"),
+    ],
+)
+def test_bad_arguments_are_rejected(kwargs: dict, message: str) -> None:
+    arguments = {"affinities": np.ones((len(OFFSETS), 3, 4, 4), np.float32), "offsets": OFFSETS, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        mutex_watershed(**arguments)
+
+
+def test_affinities_outside_unit_interval_are_rejected() -> None:
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        mutex_watershed(np.full((len(OFFSETS), 2, 3, 3), 1.5, np.float32), OFFSETS)

@@ -1,0 +1,68 @@
+"""prepare: bundled real volumes, splits, licences, synthetic source, and the SNEMI3D hint."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from melecole.config import params_from_dict
+from melecole.errors import MelecoleError
+from melecole.io import read_volume
+from melecole.stages.prepare import prepare
+from tests.conftest import DATASETS, tiny_params_dict
+
+
+def _data_config(**overrides):
+    return params_from_dict(tiny_params_dict(**overrides)).data
+
+
+def test_bundled_default_splits_and_licences(tmp_path):
+    config = _data_config(**{"data.extra_train": ["flyem-fib-medulla"]})
+    prepare(config, 0, tmp_path / "data")
+    out = tmp_path / "data"
+    shapes = {name: read_volume(f"{out / name}:raw").shape
+              for name in ("train.h5", "val.h5", "test.h5", "train-flyem-fib-medulla.h5")}
+    assert shapes == {"train.h5": (50, 100, 150), "val.h5": (50, 100, 50), "test.h5": (50, 100, 200),
+                      "train-flyem-fib-medulla.h5": (125, 250, 250)}
+    source = read_volume(str(DATASETS / "flyem-fib-small" / "train-gt.lzf.h5"))
+    train = read_volume(f"{out / 'train.h5'}:labels")
+    val = read_volume(f"{out / 'val.h5'}:labels")
+    np.testing.assert_array_equal(np.concatenate([train, val], axis=2), source)
+    for name in ("flyem-fib-small", "flyem-fib-medulla"):
+        assert (out / "licences" / name / "LICENSE.txt").is_file()
+    assert (out / "licences" / "flyem-fib-small" / "CITATION.bib").is_file()
+
+
+def test_dataset_without_test_block_gives_up_a_test_slab(tmp_path):
+    prepare(_data_config(**{"data.dataset": "flyem-fib-medulla"}), 0, tmp_path / "d")
+    shapes = [read_volume(f"{tmp_path / 'd' / n}.h5:labels").shape for n in ("train", "val", "test")]
+    assert [s[2] for s in shapes] == [141, 62, 47]  # 250 -> 188 + 62, then 188 -> 141 + 47
+    assert all(s[:2] == (125, 250) for s in shapes)
+
+
+def test_synthetic_source_is_deterministic(tmp_path):
+    config = _data_config(**{"data.dataset": "synthetic", "data.synthetic": {"shape": [8, 32, 32], "neurites": 6}})
+    prepare(config, 3, tmp_path / "a")
+    prepare(config, 3, tmp_path / "b")
+    for split in ("train", "val", "test"):
+        np.testing.assert_array_equal(read_volume(f"{tmp_path / 'a' / split}.h5:raw"),
+                                      read_volume(f"{tmp_path / 'b' / split}.h5:raw"))
+    assert not np.array_equal(read_volume(f"{tmp_path / 'a' / 'train'}.h5:raw"),
+                              read_volume(f"{tmp_path / 'a' / 'val'}.h5:raw"))
+
+
+def test_missing_snemi3d_download_explains_what_to_run(tmp_path):
+    config = _data_config(**{"data.dataset": "snemi3d", "data.snemi3d": {"archive": str(tmp_path / "none")}})
+    with pytest.raises(MelecoleError, match="dvc update data.dvc"):
+        prepare(config, 0, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_prepare_keeps_previous_output(tmp_path):
+    out = tmp_path / "data"
+    prepare(_data_config(), 0, out)
+    before = sorted(p.name for p in out.iterdir())
+    bad = _data_config(**{"data.bundled_root": str(tmp_path / "nowhere")})
+    with pytest.raises(MelecoleError, match="file not found"):
+        prepare(bad, 0, out)
+    assert sorted(p.name for p in out.iterdir()) == before
