@@ -133,7 +133,7 @@ class SegmentConfig(_Strict):
         (-9, 0, 0), (0, -9, 0), (0, 0, -9),
         (-6, -6, 0), (0, -6, -6), (-6, 0, -6),
     ]
-    attractive: int = Field(3, ge=1, description="the first N offsets are attractive, the rest repulsive")
+    attractive: int = Field(3, ge=3, le=3, description="the first 3 offsets (nearest neighbours) are attractive, the rest repulsive")
     strides: Triple = (1, 1, 1)
     randomize_strides: bool = False
     foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")

@@ -87,13 +87,13 @@ def train_loop(
         outputs = model(batch["raw"])
         terms = loss_fn(outputs, batch["instances"], batch["boundary"])
         if not all(torch.isfinite(value).all() for value in terms.values()):
-            described = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+            described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise NonFiniteLoss(f"non-finite loss at step {step} ({described}); training stopped")
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
         for key, value in terms.items():
-            running[key] = running.get(key, 0.0) + float(value)
+            running[key] = running.get(key, 0.0) + float(value.detach())
         if step % log_every == 0 or step == steps:
             count = log_every if step % log_every == 0 else step % log_every
             averaged = {f"train_{key}": value / count for key, value in running.items()}

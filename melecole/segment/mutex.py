@@ -99,12 +99,10 @@ def mutex_watershed(
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != shape:
             raise ValueError(f"mask {mask.shape} and affinities {affinities.shape} differ in (Z, Y, X)")
-    if affinities.size and not (np.nanmin(affinities) >= 0.0 and np.nanmax(affinities) <= 1.0):
-        raise ValueError(
-            f"affinities must lie in [0, 1], got range [{np.nanmin(affinities)}, {np.nanmax(affinities)}]"
-        )
     if np.isnan(affinities).any():
         raise ValueError(f"affinities {affinities.shape} contain NaN")
+    if affinities.size and not (affinities.min() >= 0.0 and affinities.max() <= 1.0):
+        raise ValueError(f"affinities must lie in [0, 1], got range [{affinities.min()}, {affinities.max()}]")
 
     cut = 1.0 - affinities.astype(np.float32)  # (C, Z, Y, X), a fresh array elf may overwrite
     if np.prod(strides) > 1:

@@ -30,7 +30,7 @@ def relabel_consecutive(segmentation: np.ndarray) -> np.ndarray:
     return np.asarray(relabelled, dtype=np.uint64)
 
 
-def _face_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _face_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels on both sides of every face between two different foreground segments."""
     firsts, seconds = [], []
     for axis in range(labels.ndim):
@@ -39,7 +39,7 @@ def _face_pairs(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray 
         boundary = (lower != upper) & (lower != 0) & (upper != 0)
         firsts.append(lower[boundary])
         seconds.append(upper[boundary])
-    return np.concatenate(firsts), np.concatenate(seconds), None
+    return np.concatenate(firsts), np.concatenate(seconds)
 
 
 def _affinity_pairs(
@@ -97,7 +97,7 @@ def merge_small_segments(
     The strongest neighbour is the one sharing the most voxel faces (6-neighbourhood) or, when
     ``affinities`` and ``offsets`` are given, the one with the highest mean affinity over the
     boundary's nearest-neighbour edges (channels whose offset is one unit step). Ties go to the
-    lower label. Merging runs in rounds on the region graph: in each round every segment that
+    neighbour whose first voxel comes first in C order. Merging runs in rounds on the region graph: in each round every segment that
     is still small and has a neighbour joins its strongest neighbour at once (so a chain of small
     segments collapses together), then sizes and contacts are summed over the merged groups.
     Rounds stop when no small segment has a neighbour; a small segment touching only background
@@ -120,12 +120,14 @@ def merge_small_segments(
     if min_size <= 1 or n_nodes <= 2:
         return labels
 
+    # Per boundary pair: ``total`` sums the evidence (one per face, or the affinity), ``count``
+    # the faces; both add up when groups merge, so the score of merged groups stays exact.
     if affinities is None:
-        first, second, values = _face_pairs(labels)
+        first, second = _face_pairs(labels)
+        values = np.ones(len(first), dtype=np.float64)
     else:
         first, second, values = _affinity_pairs(labels, affinities, offsets)
-    count = np.ones(len(first), dtype=np.float64)
-    lo, hi, total, count = _aggregate(first, second, count if values is None else values, count, n_nodes)
+    lo, hi, total, count = _aggregate(first, second, values, np.ones(len(first)), n_nodes)
     sizes = np.bincount(labels.ravel(), minlength=n_nodes).astype(np.int64)  # (n_nodes,)
     sizes[0] = 0  # background is never a candidate: it has no edges anyway
     group = np.arange(n_nodes)  # original label -> current group id
@@ -137,7 +139,8 @@ def merge_small_segments(
         if not small.any():
             break
         src, dst, both = src[small], dst[small], both[small]
-        order = np.lexsort((dst, -both, src))  # per source: best score first, then lower id
+        # Per source: best score first, then the lower id (ids follow first appearance in C order).
+        order = np.lexsort((dst, -both, src))
         src, dst = src[order], dst[order]
         best = np.r_[True, src[1:] != src[:-1]]
         merges = coo_matrix(

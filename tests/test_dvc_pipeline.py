@@ -1,0 +1,94 @@
+"""`dvc repro`, `dvc exp run -S`, `dvc exp show` and `dvc metrics diff` on a copy of the project."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from melecole.config import params_as_dict, params_from_dict
+from tests.conftest import REPO, tiny_params_dict
+
+pytestmark = pytest.mark.slow
+
+
+def _sh(cwd: Path, env: dict, *command: str) -> str:
+    result = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"{' '.join(command)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture
+def project(tmp_path) -> tuple[Path, dict]:
+    root = tmp_path / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for item in ("melecole", "datasets"):
+        shutil.copytree(REPO / item, root / item, ignore=ignore)
+    for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(REPO / item, root / item)
+    (root / ".dvc").mkdir()
+    shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
+    params = tiny_params_dict(**{
+        "data.dataset": "synthetic",
+        "data.bundled_root": "datasets",
+        "data.synthetic": {"shape": [16, 48, 48], "neurites": 8},
+        "train.permute_axes": "xy",
+        "tracking.enabled": True,
+    })
+    # DVC wants every parameter a stage names to be present: write the complete, validated set.
+    (root / "params.yaml").write_text(yaml.safe_dump(params_as_dict(params_from_dict(params))))
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env["GIT_AUTHOR_NAME"] = env["GIT_COMMITTER_NAME"] = "test"
+    env["GIT_AUTHOR_EMAIL"] = env["GIT_COMMITTER_EMAIL"] = "test@example.org"
+    _sh(root, env, "git", "init", "-q")
+    _sh(root, env, "git", "add", "-A")
+    _sh(root, env, "git", "commit", "-qm", "baseline")
+    return root, env
+
+
+def test_repro_is_reproducible_and_experiments_are_compared(project):
+    root, env = project
+    _sh(root, env, "dvc", "repro")
+    first = json.loads((root / "metrics.json").read_text())
+    assert set(first) == {"vi_split", "vi_merge", "arand"}
+    assert (root / "dvc.lock").is_file()
+    _sh(root, env, "git", "add", "-A")
+    _sh(root, env, "git", "commit", "-qm", "baseline results")
+
+    _sh(root, env, "dvc", "repro", "-f")
+    assert json.loads((root / "metrics.json").read_text()) == first
+
+    _sh(root, env, "dvc", "exp", "run", "-n", "faster", "-S", "train.lr=0.01")
+    shown = json.loads(_sh(root, env, "dvc", "exp", "show", "--json"))
+    experiments = [exp for rev in shown for exp in (rev.get("experiments") or [])]
+    names = {exp.get("name") for exp in experiments}
+    assert "faster" in names
+    faster = next(exp for exp in experiments if exp.get("name") == "faster")
+    revision = faster["revs"][0]["data"]
+    metrics = revision["metrics"]["metrics.json"]["data"]
+    assert set(metrics) == {"vi_split", "vi_merge", "arand"}
+    assert revision["params"]["params.yaml"]["data"]["train"]["lr"] == 0.01
+
+    output = _sh(root, env, "dvc", "metrics", "diff", "--all", "--json")
+    diff = json.loads(output)["metrics.json"]
+    assert set(diff) == {"vi_split", "vi_merge", "arand"}
+    assert diff["vi_split"]["new"] == pytest.approx(metrics["vi_split"])
+    assert diff["vi_split"]["old"] == pytest.approx(first["vi_split"])
+
+    client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("melecole")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 3
+    assert all("test_vi_split" in run.data.metrics for run in runs)
+    assert sorted(run.data.tags.get("dvc_experiment", "") for run in runs) == ["", "", "faster"]
+    commits = {run.data.tags["git_commit"] for run in runs}
+    assert len(commits) == 2  # the baseline commit, then the commit with the results

@@ -1,0 +1,52 @@
+"""MLflow: one run per pipeline run with params, loss and validation curves, test metrics, checkpoint, tags."""
+
+from __future__ import annotations
+
+import mlflow
+import yaml
+
+from melecole.cli import main
+from melecole.tracking import flatten
+from tests.conftest import tiny_params_dict
+
+
+def test_train_and_evaluate_share_one_run(tmp_path, prepared, monkeypatch, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "tiny-exp")
+    params = tmp_path / "params.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict(**{"train.steps": 4, "tracking.enabled": True,
+                                                        "tracking.experiment": "test-exp"})))
+    run_file = tmp_path / "run.txt"
+    ckpt = tmp_path / "ckpt.pt"
+    assert main(["train", "--params", str(params), "--data", str(prepared), "--out", str(ckpt),
+                 "--run-file", str(run_file)]) == 0
+    assert main(["predict", "--params", str(params), "--checkpoint", str(ckpt), "--raw",
+                 f"{prepared / 'test.h5'}:raw", "--out", str(tmp_path / "p.h5")]) == 0
+    assert main(["segment", "--params", str(params), "--predictions", str(tmp_path / "p.h5"),
+                 "--out", str(tmp_path / "s.h5")]) == 0
+    assert main(["evaluate", "--seg", str(tmp_path / "s.h5"), "--gt", f"{prepared / 'test.h5'}:labels",
+                 "--run-file", str(run_file)]) == 0
+    capsys.readouterr()
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment = client.get_experiment_by_name("test-exp")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.run_id == run_file.read_text().strip()
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.steps"] == "4"
+    assert run.data.params["model.base_channels"] == "4"
+    assert run.data.tags["dvc_experiment"] == "tiny-exp"
+    assert {"test_vi_split", "test_vi_merge", "test_arand"} <= set(run.data.metrics)
+    loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert loss_steps == [1, 2, 3, 4]
+    val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_vi_split")]
+    assert val_steps == [2, 4]
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")]
+    assert artifacts == ["checkpoint/ckpt.pt"]
+
+
+def test_flatten_nested_params():
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "x"}
