@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean ui
 
 install: $(STAMP)
 
@@ -25,3 +25,7 @@ bench: install
 
 clean:
 	rm -rf $(VENV)
+
+# Browse every tracked run (bound to this machine only; open http://127.0.0.1:5000).
+ui: install
+	$(VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000 --workers 1

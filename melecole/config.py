@@ -35,7 +35,7 @@ class SyntheticConfig(_Strict):
 class Snemi3dConfig(_Strict):
     """Where the SNEMI3D archive lives (imported by ``data.dvc``) and its checksum."""
 
-    archive: str = "downloads/snemi3d"
+    archive: str = "downloads/snemi3d.zip"
     sha256: str | None = None
 
 

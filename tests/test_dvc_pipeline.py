@@ -31,7 +31,7 @@ def project(tmp_path) -> tuple[Path, dict]:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for item in ("melecole", "datasets"):
         shutil.copytree(REPO / item, root / item, ignore=ignore)
-    for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
+    for item in ("dvc.yaml", ".dvcignore", ".gitignore", "data.dvc"):
         shutil.copy(REPO / item, root / item)
     (root / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
