@@ -45,9 +45,14 @@ def read_checkpoint(path: str | Path) -> dict:
     return state
 
 
-def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
-    """Rebuilds the model from a checkpoint; returns (model in eval mode on ``device``, params dict)."""
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
+    """Rebuilds the model from a checkpoint.
+
+    Returns:
+        (model in eval mode on ``device``, the params dict it was trained with, extra facts such
+        as the agglomeration threshold chosen on the validation volume).
+    """
     state = read_checkpoint(path)
     model = build_model(state["model_name"], **state["model_args"])
     model.load_state_dict(state["state_dict"])
-    return model.to(device).eval(), state["params"]
+    return model.to(device).eval(), state["params"], state["extra"]

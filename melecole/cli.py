@@ -70,8 +70,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from melecole.stages.evaluate import evaluate
     from melecole.stages.report import format_table
 
-    metrics = evaluate(_volume(args.seg), _volume(args.gt), args.out, args.run_file)
-    print(json.dumps(metrics) if args.json else format_table({args.seg: metrics}))
+    metrics = evaluate(_volume(args.seg), _volume(args.gt), args.out, args.run_file, args.baselines)
+    rows = {args.seg: metrics, **metrics.get("baselines", {})}
+    print(json.dumps(metrics) if args.json else format_table(rows))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
@@ -129,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.add_argument("--out", help="also write the metrics JSON here")
     p.add_argument("--run-file", help="MLflow run id file written by train: log the test metrics to that run")
+    p.add_argument("--baselines", action="store_true",
+                   help="also score every other dataset of the segmentation file (the baselines segment writes)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="print a metrics file as a table beside the published reference rows")

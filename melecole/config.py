@@ -115,6 +115,8 @@ class PredictConfig(_Strict):
     patch: Triple = (48, 48, 48)
     overlap: Triple = (12, 12, 12)
     batch_size: int = Field(1, ge=1)
+    augment: Literal["none", "flips", "permutations"] = Field(
+        "none", description="test-time augmentation: average over 8 flips or 6 axis orders")
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:
@@ -123,10 +125,44 @@ class PredictConfig(_Strict):
         return self
 
 
-class SegmentConfig(_Strict):
-    """Embeddings -> affinities -> Mutex Watershed -> clean-up."""
+class AgglomerationConfig(_Strict):
+    """Fragments + hierarchical agglomeration of nearest-neighbour affinities (waterz)."""
 
-    # Isotropic FIB-SEM default: 3 nearest neighbours (attractive), then long-range (repulsive).
+    source: Literal["boundary", "embedding"] = Field(
+        "boundary", description="affinities from the boundary head, or the embedding's 3 nearest-neighbour channels")
+    scoring: Literal["mean", "median", "q75"] = "mean"
+    threshold: float | None = Field(
+        None, gt=0, lt=1, description="merge threshold; null = the one chosen on the validation volume in training")
+    candidates: list[float] = Field(
+        [0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95],
+        min_length=1, description="thresholds tried on the validation volume")
+
+    @field_validator("candidates")
+    @classmethod
+    def _increasing(cls, candidates: list[float]) -> list[float]:
+        if sorted(candidates) != candidates or not all(0 < c < 1 for c in candidates):
+            raise ValueError(f"thresholds must be increasing and inside (0, 1), got {candidates}")
+        return candidates
+
+
+class WatershedConfig(_Strict):
+    """Seeded watershed on the boundary map (distance-transform seeds): the classical baseline."""
+
+    threshold: float = Field(0.5, gt=0, lt=1)
+    sigma_seeds: float = Field(2.0, ge=0)
+    min_size: int = Field(50, ge=0)
+
+
+SegmentMethod = Literal["agglomeration", "mws", "watershed"]
+
+
+class SegmentConfig(_Strict):
+    """Predictions -> segmentation: the main method plus baselines written beside it."""
+
+    method: SegmentMethod = "agglomeration"
+    baselines: list[SegmentMethod] = ["mws", "watershed"]
+    # Mutex Watershed on embedding affinities. Isotropic FIB-SEM default: 3 nearest neighbours
+    # (attractive), then long-range offsets (repulsive).
     offsets: list[Triple] = [
         (-1, 0, 0), (0, -1, 0), (0, 0, -1),
         (-3, 0, 0), (0, -3, 0), (0, 0, -3),
@@ -138,6 +174,8 @@ class SegmentConfig(_Strict):
     randomize_strides: bool = False
     foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")
     min_size: int = Field(50, ge=0)
+    agglomeration: AgglomerationConfig = AgglomerationConfig()
+    watershed: WatershedConfig = WatershedConfig()
 
     @field_validator("offsets")
     @classmethod
@@ -147,12 +185,15 @@ class SegmentConfig(_Strict):
         return offsets
 
     @model_validator(mode="after")
-    def _attractive_fits(self) -> SegmentConfig:
+    def _offsets_fit(self) -> SegmentConfig:
         if self.attractive >= len(self.offsets):
             raise ValueError(
                 f"segment.attractive ({self.attractive}) must leave at least one repulsive offset "
                 f"among {len(self.offsets)}"
             )
+        nearest = [(-1, 0, 0), (0, -1, 0), (0, 0, -1)]
+        if [tuple(o) for o in self.offsets[:3]] != nearest:
+            raise ValueError(f"segment.offsets must start with the nearest neighbours {nearest}")
         return self
 
 

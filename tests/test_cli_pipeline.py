@@ -33,6 +33,7 @@ def test_train_predict_segment_evaluate(tmp_path, prepared, params_file, capsys)
     ckpt, pred, seg = tmp_path / "out/ckpt.pt", tmp_path / "out/pred.h5", tmp_path / "out/seg.h5"
     code, out, err = _run(capsys, "train", "--params", params_file, "--data", prepared, "--out", ckpt)
     assert code == 0, err
+    assert out, err
     summary = json.loads(out)
     assert summary["best_step"] in (2, 4)
     state = torch.load(ckpt, weights_only=True)

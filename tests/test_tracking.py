@@ -25,7 +25,7 @@ def test_train_and_evaluate_share_one_run(tmp_path, prepared, monkeypatch, capsy
                  f"{prepared / 'test.h5'}:raw", "--out", str(tmp_path / "p.h5")]) == 0
     assert main(["segment", "--params", str(params), "--predictions", str(tmp_path / "p.h5"),
                  "--out", str(tmp_path / "s.h5")]) == 0
-    assert main(["evaluate", "--seg", str(tmp_path / "s.h5"), "--gt", f"{prepared / 'test.h5'}:labels",
+    assert main(["evaluate", "--seg", f"{tmp_path / 's.h5'}:segmentation", "--baselines", "--gt", f"{prepared / 'test.h5'}:labels",
                  "--run-file", str(run_file)]) == 0
     capsys.readouterr()
 
@@ -39,7 +39,8 @@ def test_train_and_evaluate_share_one_run(tmp_path, prepared, monkeypatch, capsy
     assert run.data.params["train.steps"] == "4"
     assert run.data.params["model.base_channels"] == "4"
     assert run.data.tags["dvc_experiment"] == "tiny-exp"
-    assert {"test_vi_split", "test_vi_merge", "test_arand"} <= set(run.data.metrics)
+    assert {"test_vi_split", "test_vi_merge", "test_arand", "test_mws_vi_split", "test_watershed_arand"} <= set(run.data.metrics)
+    assert "final_val_threshold" in run.data.metrics
     loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert loss_steps == [1, 2, 3, 4]
     val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_vi_split")]

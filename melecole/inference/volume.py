@@ -1,12 +1,46 @@
-"""A whole volume through a trained model: embeddings, boundary probabilities, affinities."""
+"""A whole volume through a trained model: embeddings, boundary probabilities, affinities.
+
+Test-time augmentation runs the model on flipped or axis-permuted copies of the volume, maps
+each output back, and averages boundary probabilities and affinities (never embeddings: the
+embedding of a transformed input need not live in the same space).
+"""
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import torch
 
 from melecole.inference.sliding_window import sliding_window_predict
 from melecole.segment.affinities import embedding_affinities
+
+Transform = tuple[tuple[int, int, int], tuple[int, ...]]  # (axis order, flipped axes)
+
+
+def augmentations(kind: str) -> list[Transform]:
+    """The transforms of a test-time augmentation, identity first."""
+    if kind == "none":
+        return [((0, 1, 2), ())]
+    if kind == "flips":
+        return [((0, 1, 2), axes) for r in range(4) for axes in itertools.combinations(range(3), r)]
+    if kind == "permutations":
+        return [(perm, ()) for perm in itertools.permutations(range(3))]
+    raise ValueError(f"unknown test-time augmentation '{kind}' (none, flips, permutations)")
+
+
+def _forward(volume: np.ndarray, transform: Transform) -> np.ndarray:
+    perm, flips = transform
+    return np.ascontiguousarray(np.flip(np.transpose(volume, perm), flips) if flips else np.transpose(volume, perm))
+
+
+def _backward(channels: np.ndarray, transform: Transform) -> np.ndarray:
+    # channels: (C, Z', Y', X') in the transformed frame -> (C, Z, Y, X) in the original frame.
+    perm, flips = transform
+    if flips:
+        channels = np.flip(channels, tuple(a + 1 for a in flips))
+    inverse = np.argsort(perm)
+    return np.ascontiguousarray(np.transpose(channels, (0, *(int(a) + 1 for a in inverse))))
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -17,18 +51,28 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, int, int],
                    overlap: tuple[int, int, int], batch_size: int, offsets: list[tuple[int, int, int]],
-                   delta_d: float, norm: str) -> dict[str, np.ndarray]:
+                   delta_d: float, norm: str, augment: str = "none") -> dict[str, np.ndarray]:
     """Runs sliding-window inference over a normalised raw volume (Z, Y, X).
 
     Returns:
-        embedding (E, Z, Y, X), boundary (Z, Y, X) probabilities and affinities (C, Z, Y, X),
-        all float32, affinities computed with the margin and norm the model was trained with.
+        embedding (E, Z, Y, X) of the untransformed volume, boundary (Z, Y, X) probabilities and
+        affinities (C, Z, Y, X), all float32; affinities use the margin and norm the model was
+        trained with and, like the boundary, are averaged over the test-time augmentations.
     """
     model.eval()
     device = model_device(model)
-    outputs = sliding_window_predict(model, raw, patch=patch, overlap=overlap, batch_size=batch_size,
-                                     device=device, divisor=tuple(model.divisor))
-    embedding = outputs["embedding"]
-    boundary = 1.0 / (1.0 + np.exp(-outputs["boundary"][0]))
-    affinities = embedding_affinities(torch.from_numpy(embedding).to(device), offsets, delta_d=delta_d, norm=norm)
-    return {"embedding": embedding, "boundary": boundary.astype(np.float32), "affinities": affinities}
+    transforms = augmentations(augment)
+    embedding, boundary, affinities = None, 0.0, 0.0
+    for transform in transforms:
+        outputs = sliding_window_predict(model, _forward(raw, transform), patch=patch, overlap=overlap,
+                                         batch_size=batch_size, device=device, divisor=tuple(model.divisor))
+        emb = _backward(outputs["embedding"], transform)
+        if embedding is None:
+            embedding = emb
+        logits = _backward(outputs["boundary"], transform)[0]
+        boundary = boundary + 1.0 / (1.0 + np.exp(-logits))
+        affinities = affinities + embedding_affinities(torch.from_numpy(emb).to(device), offsets,
+                                                       delta_d=delta_d, norm=norm)
+    count = float(len(transforms))
+    return {"embedding": embedding, "boundary": (boundary / count).astype(np.float32),
+            "affinities": (affinities / count).astype(np.float32)}

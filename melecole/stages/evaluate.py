@@ -5,26 +5,47 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import h5py
+
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_segmentation
 from melecole.io import VolumeSpec, atomic_output, read_volume
 from melecole.tracking import Tracker
 
 
-def evaluate(seg_spec: VolumeSpec, gt_spec: VolumeSpec, out: str | Path | None = None,
-             run_file: str | Path | None = None) -> dict[str, float]:
-    """Scores a segmentation; optionally writes the metrics JSON and adds them to the MLflow run."""
-    segmentation = read_volume(seg_spec)
-    ground_truth = read_volume(gt_spec)
+def _score(seg_spec: VolumeSpec, ground_truth, gt_spec: VolumeSpec) -> dict[str, float]:
     try:
-        metrics = evaluate_segmentation(segmentation, ground_truth)
+        return evaluate_segmentation(read_volume(seg_spec), ground_truth)
     except MelecoleError as error:
         raise MelecoleError(f"{seg_spec} vs {gt_spec}: {error}") from None
+
+
+def _other_datasets(seg_spec: VolumeSpec) -> list[str]:
+    with h5py.File(seg_spec.path, "r") as handle:
+        return sorted(name for name, node in handle.items()
+                      if isinstance(node, h5py.Dataset) and name != seg_spec.dataset)
+
+
+def evaluate(seg_spec: VolumeSpec, gt_spec: VolumeSpec, out: str | Path | None = None,
+             run_file: str | Path | None = None, baselines: bool = False) -> dict:
+    """Scores a segmentation; optionally writes the metrics JSON and adds them to the MLflow run.
+
+    With ``baselines``, every other dataset of the segmentation file (the baselines that
+    ``segment`` writes beside its main result) is scored too, under the key ``baselines``.
+    """
+    ground_truth = read_volume(gt_spec)
+    metrics: dict = _score(seg_spec, ground_truth, gt_spec)
+    if baselines:
+        metrics["baselines"] = {name: _score(VolumeSpec(seg_spec.path, name), ground_truth, gt_spec)
+                                for name in _other_datasets(seg_spec)}
     if out is not None:
         with atomic_output(out) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     if run_file is not None and Path(run_file).is_file():
         tracker = Tracker.resume(Path(run_file).read_text().strip())
-        tracker.log_metrics({f"test_{k}": v for k, v in metrics.items()})
+        flat = {f"test_{k}": v for k, v in metrics.items() if k != "baselines"}
+        for name, scores in metrics.get("baselines", {}).items():
+            flat.update({f"test_{name}_{k}": v for k, v in scores.items()})
+        tracker.log_metrics(flat)
         tracker.finish()
     return metrics

@@ -24,16 +24,18 @@ def predict(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: s
     attribute so ``segment`` uses exactly the channels that were computed.
     """
     device = resolve_device(params.train.device)
-    model, trained_with = load_model(checkpoint, device)
+    model, trained_with, facts = load_model(checkpoint, device)
     loss = trained_with["train"]["loss"]
     raw = normalize_raw(read_volume(raw_spec), str(raw_spec))
     start = time.perf_counter()
     cfg = params.predict
     with torch.inference_mode():
         outputs = predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
-                                 loss["delta_d"], loss["norm"])
+                                 loss["delta_d"], loss["norm"], cfg.augment)
     seconds = time.perf_counter() - start
     attrs = {"offsets": json.dumps([list(o) for o in params.segment.offsets]), "source": str(raw_spec),
-             "checkpoint": str(checkpoint)}
+             "checkpoint": str(checkpoint), "augment": cfg.augment}
+    if facts.get("agglomeration_threshold") is not None:
+        attrs["agglomeration_threshold"] = float(facts["agglomeration_threshold"])
     write_volumes(out, outputs, attrs)
     return {"predict_seconds": seconds, "voxels": int(raw.size)}

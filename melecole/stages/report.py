@@ -42,6 +42,8 @@ def report(metrics_file: str | Path, dataset: str, bundled_root: str | Path) -> 
     if missing:
         raise MelecoleError(f"{path}: missing keys {', '.join(sorted(missing))}")
     rows = {f"melecole ({dataset} test block)": metrics}
+    for name, scores in metrics.get("baselines", {}).items():
+        rows[f"  same model, {name}"] = scores
     if dataset == "flyem-fib-small":
         rows.update(reference_rows(bundled_root))
     return format_table(rows)

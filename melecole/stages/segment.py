@@ -1,4 +1,13 @@
-"""segment: predictions (affinities, boundary) -> Mutex Watershed -> clean-up -> segmentation (HDF5)."""
+"""segment: predictions (affinities, boundary) -> segmentation by the configured method + baselines.
+
+Methods:
+- ``agglomeration``: fragments and hierarchical agglomeration of nearest-neighbour affinities
+  (from the boundary head, or the embedding), merged up to a threshold chosen on the
+  validation volume at the end of training.
+- ``mws``: the Mutex Watershed on the embedding affinities at all offsets, then small segments
+  merged into their largest-contact neighbour.
+- ``watershed``: the seeded watershed on the boundary map (classical baseline).
+"""
 
 from __future__ import annotations
 
@@ -7,38 +16,106 @@ import time
 from pathlib import Path
 
 import h5py
+import numpy as np
 
 from melecole.config import SegmentConfig
 from melecole.errors import MelecoleError
+from melecole.evaluate import evaluate_segmentation
 from melecole.io import VolumeSpec, read_volume, write_volumes
-from melecole.segment.pipeline import segment_affinities
+from melecole.segment.agglomerate import agglomerate, boundary_affinities
+from melecole.segment.mutex import mutex_watershed
+from melecole.segment.postprocess import merge_small_segments
+from melecole.segment.watershed import boundary_watershed
 
 
-def _stored_offsets(path: Path) -> list[tuple[int, int, int]] | None:
+def _agglomeration_input(config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray) -> np.ndarray:
+    if config.agglomeration.source == "boundary":
+        return boundary_affinities(boundary)
+    return affinities[:3]
+
+
+def run_method(method: str, config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray,
+               threshold: float | None, seed: int = 0) -> np.ndarray:
+    """One segmentation (Z, Y, X) uint64 of ``method`` from affinities (C, Z, Y, X) and boundary (Z, Y, X)."""
+    if method == "agglomeration":
+        if threshold is None:
+            raise MelecoleError("segment.agglomeration.threshold is null and the predictions carry no "
+                                "threshold chosen in training; set one or predict with a melecole checkpoint")
+        fragments = agglomerate(_agglomeration_input(config, affinities, boundary), [threshold],
+                                config.agglomeration.scoring)[0]
+        return merge_small_segments(fragments, config.min_size)
+    if method == "mws":
+        mask = boundary < config.foreground_threshold if config.foreground_threshold < 1.0 else None
+        segmentation = mutex_watershed(affinities, config.offsets, attractive=config.attractive,
+                                       strides=config.strides, randomize_strides=config.randomize_strides,
+                                       mask=mask, seed=seed)
+        return merge_small_segments(segmentation, config.min_size)
+    if method == "watershed":
+        ws = config.watershed
+        return boundary_watershed(boundary, ws.threshold, ws.sigma_seeds, ws.min_size)
+    raise MelecoleError(f"unknown segmentation method '{method}'")
+
+
+def calibrate(config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray,
+              labels: np.ndarray) -> tuple[float, dict[str, float], dict[float, dict[str, float]]]:
+    """Chooses the agglomeration threshold with the lowest VI sum on a labelled volume.
+
+    Returns:
+        (threshold, its metrics, metrics of every candidate threshold).
+    """
+    candidates = config.agglomeration.candidates
+    segmentations = agglomerate(_agglomeration_input(config, affinities, boundary), candidates,
+                                config.agglomeration.scoring)
+    table = {t: evaluate_segmentation(merge_small_segments(s, config.min_size), labels)
+             for t, s in zip(candidates, segmentations)}
+    best = min(table, key=lambda t: table[t]["vi_split"] + table[t]["vi_merge"])
+    return best, table[best], table
+
+
+def score_on(config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray, labels: np.ndarray,
+             seed: int = 0) -> dict[str, float]:
+    """Validation metrics of the configured method (the agglomeration's at its best threshold)."""
+    if config.method == "agglomeration" and config.agglomeration.threshold is None:
+        threshold, metrics, _ = calibrate(config, affinities, boundary, labels)
+        return {**metrics, "threshold": threshold}
+    segmentation = run_method(config.method, config, affinities, boundary, config.agglomeration.threshold, seed)
+    return evaluate_segmentation(segmentation, labels)
+
+
+def _stored(path: Path) -> tuple[list[tuple[int, int, int]] | None, float | None]:
     with h5py.File(path, "r") as handle:
-        text = handle.attrs.get("offsets")
-    return [tuple(o) for o in json.loads(text)] if text is not None else None
+        offsets = handle.attrs.get("offsets")
+        threshold = handle.attrs.get("agglomeration_threshold")
+    offsets = [tuple(o) for o in json.loads(offsets)] if offsets is not None else None
+    return offsets, (float(threshold) if threshold is not None else None)
 
 
 def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, seed: int = 0) -> dict:
-    """Segments the ``affinities`` of a predictions file; writes dataset ``segmentation``.
+    """Writes dataset ``segmentation`` (the configured method) and one dataset per baseline.
 
-    The offsets stored with the affinities win over ``config.offsets``: they describe the
-    channels that were actually computed.
+    The offsets stored with the affinities must match ``config.offsets``; the agglomeration
+    threshold is ``config.agglomeration.threshold`` or, when that is null, the one the
+    checkpoint chose on the validation volume.
     """
     predictions = Path(predictions)
     affinities = read_volume(VolumeSpec(predictions, "affinities"), ndim=4)
-    offsets = _stored_offsets(predictions) or list(config.offsets)
-    if len(offsets) != affinities.shape[0]:
-        raise MelecoleError(f"{predictions}:affinities {affinities.shape} has {affinities.shape[0]} channels "
-                            f"but {len(offsets)} offsets are configured")
-    boundary = None
-    if config.foreground_threshold < 1.0:
-        boundary = read_volume(VolumeSpec(predictions, "boundary"))
-    start = time.perf_counter()
-    segmentation = segment_affinities(affinities, offsets, config.attractive, config.strides,
-                                      config.randomize_strides, config.min_size, boundary,
-                                      config.foreground_threshold, seed)
-    seconds = time.perf_counter() - start
-    write_volumes(out, {"segmentation": segmentation}, {"source": str(predictions)})
-    return {"segment_seconds": seconds, "segments": int(segmentation.max())}
+    boundary = read_volume(VolumeSpec(predictions, "boundary"))
+    offsets, calibrated = _stored(predictions)
+    if offsets is not None and offsets != [tuple(o) for o in config.offsets]:
+        raise MelecoleError(f"{predictions}: affinities were computed at offsets {offsets}, "
+                            f"but segment.offsets is {[tuple(o) for o in config.offsets]}; predict again")
+    if affinities.shape[0] != len(config.offsets) or affinities.shape[1:] != boundary.shape:
+        raise MelecoleError(f"{predictions}: affinities {affinities.shape} and boundary {boundary.shape} do not "
+                            f"match {len(config.offsets)} offsets over one volume")
+    threshold = config.agglomeration.threshold if config.agglomeration.threshold is not None else calibrated
+    outputs, seconds = {}, {}
+    for method in [config.method] + [b for b in config.baselines if b != config.method]:
+        start = time.perf_counter()
+        outputs["segmentation" if method == config.method else method] = run_method(
+            method, config, affinities, boundary, threshold, seed)
+        seconds[method] = round(time.perf_counter() - start, 3)
+    attrs = {"source": str(predictions), "method": config.method, "baselines": json.dumps(config.baselines)}
+    if threshold is not None:
+        attrs["agglomeration_threshold"] = threshold
+    write_volumes(out, outputs, attrs)
+    return {"seconds": seconds, "segments": int(outputs["segmentation"].max()), "threshold": threshold}

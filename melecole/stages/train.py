@@ -15,12 +15,11 @@ from melecole.config import Params, params_as_dict
 from melecole.data.normalize import normalize_raw
 from melecole.data.sampling import PatchSampler
 from melecole.errors import MelecoleError
-from melecole.evaluate import evaluate_segmentation
 from melecole.inference.volume import predict_volume
 from melecole.io import atomic_output, check_same_shape, read_volumes
 from melecole.losses import EmbeddingLoss
 from melecole.models import build_model
-from melecole.segment.pipeline import segment_affinities
+from melecole.stages.segment import score_on
 from melecole.tracking import Tracker
 from melecole.training import train_loop
 
@@ -68,19 +67,17 @@ def training_files(data_dir: str | Path) -> tuple[list[Path], Path]:
     return train, val
 
 
-def make_validator(params: Params, raw: np.ndarray, labels: np.ndarray):
-    """A callable scoring a model on the validation volume with the pipeline's own segmentation."""
-    loss, seg = params.train.loss, params.segment
+def validation_scores(params: Params, model: torch.nn.Module, raw: np.ndarray, labels: np.ndarray,
+                      augment: str = "none") -> dict:
+    """Segments the validation volume with the configured method and scores it.
 
-    def validate(model: torch.nn.Module) -> dict:
-        predictions = predict_volume(model, raw, params.predict.patch, params.predict.overlap,
-                                     params.predict.batch_size, seg.offsets, loss.delta_d, loss.norm)
-        segmentation = segment_affinities(predictions["affinities"], seg.offsets, seg.attractive, seg.strides,
-                                          seg.randomize_strides, seg.min_size, predictions["boundary"],
-                                          seg.foreground_threshold, params.seed)
-        return evaluate_segmentation(segmentation, labels)
-
-    return validate
+    For the agglomeration without a fixed threshold, the score is that of the best candidate
+    threshold, which is returned under ``threshold``.
+    """
+    loss, cfg = params.train.loss, params.predict
+    predictions = predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
+                                 loss.delta_d, loss.norm, augment)
+    return score_on(params.segment, predictions["affinities"], predictions["boundary"], labels, params.seed)
 
 
 def _progress(total: int):
@@ -127,18 +124,24 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
 
     try:
         result = train_loop(model, loss_fn, sampler, optimizer, cfg.steps, cfg.batch_size, device,
-                            cfg.log_every, cfg.val_every, make_validator(params, val_raw, val_labels),
+                            cfg.log_every, cfg.val_every,
+                            lambda m: validation_scores(params, m, val_raw, val_labels),
                             on_log=tracker.log_metrics, on_best=keep_best, progress=_progress(cfg.steps))
     except BaseException:
         tracker.finish("FAILED")
         raise
     model.load_state_dict(best["state"])
-    summary = {"best_step": best["step"], "val": best["metrics"], "seconds": result.seconds,
-               "device": str(device)}
-    save_checkpoint(checkpoint, model, params_dict, extra={"best_step": best["step"],
-                                                          "val_vi_split": best["metrics"]["vi_split"],
-                                                          "val_vi_merge": best["metrics"]["vi_merge"]})
-    tracker.log_metrics({"best_step": best["step"], "train_seconds": result.seconds})
+    # The final score uses the predict stage's settings (test-time augmentation included), so the
+    # threshold chosen here is the one that fits what `segment` will see.
+    final = validation_scores(params, model, val_raw, val_labels, params.predict.augment)
+    extra = {"best_step": best["step"], "val_vi_split": final["vi_split"], "val_vi_merge": final["vi_merge"],
+             "val_arand": final["arand"]}
+    if "threshold" in final:
+        extra["agglomeration_threshold"] = final["threshold"]
+    summary = {"best_step": best["step"], "val": final, "seconds": result.seconds, "device": str(device)}
+    save_checkpoint(checkpoint, model, params_dict, extra=extra)
+    tracker.log_metrics({"best_step": best["step"], "train_seconds": result.seconds,
+                         **{f"final_val_{k}": v for k, v in final.items()}})
     tracker.log_artifact(checkpoint, "checkpoint")
     if run_file is not None:
         with atomic_output(run_file) as tmp:
