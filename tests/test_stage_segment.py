@@ -1,0 +1,70 @@
+"""The segment stage: method choice, calibration on a labelled volume, stored offsets and threshold."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from melecole.config import params_from_dict
+from melecole.data.targets import boundary_map
+from melecole.errors import MelecoleError
+from melecole.evaluate import evaluate_segmentation
+from melecole.io import read_volume, write_volumes
+from melecole.stages.segment import calibrate, run_method, segment
+from tests.conftest import blocks_volume, tiny_params_dict
+
+
+def _config(**overrides):
+    return params_from_dict(tiny_params_dict(**overrides)).segment
+
+
+def _perfect_predictions(labels):
+    boundary = boundary_map(labels) * 0.9
+    config = _config()
+    affinities = np.ones((len(config.offsets),) + labels.shape, np.float32)
+    return affinities, boundary
+
+
+def test_calibration_picks_the_threshold_with_the_lowest_vi():
+    _, labels = blocks_volume(shape=(16, 16, 16), block=8)
+    affinities, boundary = _perfect_predictions(labels)
+    boundary[:, :, 3] = np.maximum(boundary[:, :, 3], 0.4)  # a faint false boundary inside blocks
+    config = _config(**{"segment.agglomeration": {"candidates": [0.05, 0.7, 0.99]}})
+    threshold, metrics, table = calibrate(config, affinities, boundary, labels)
+    assert threshold == 0.7
+    assert metrics["vi_split"] + metrics["vi_merge"] == pytest.approx(0, abs=1e-9)
+    assert set(table) == {0.05, 0.7, 0.99}
+    assert table[0.99]["vi_merge"] > 0 and table[0.05]["vi_split"] > 0
+
+
+def test_every_method_runs_and_agglomeration_needs_a_threshold():
+    _, labels = blocks_volume(shape=(16, 16, 16), block=8)
+    affinities, boundary = _perfect_predictions(labels)
+    config = _config()
+    for method in ("agglomeration", "mws", "watershed"):
+        segmentation = run_method(method, config, affinities, boundary, threshold=0.5)
+        assert segmentation.shape == labels.shape and segmentation.dtype == np.uint64
+    perfect = run_method("agglomeration", config, affinities, boundary, threshold=0.5)
+    assert evaluate_segmentation(perfect, labels)["vi_merge"] == pytest.approx(0, abs=1e-9)
+    with pytest.raises(MelecoleError, match="threshold is null"):
+        run_method("agglomeration", config, affinities, boundary, threshold=None)
+
+
+def test_segment_stage_writes_method_and_baselines(tmp_path):
+    _, labels = blocks_volume(shape=(16, 16, 16), block=8)
+    affinities, boundary = _perfect_predictions(labels)
+    config = _config()
+    offsets = "[" + ", ".join(f"[{a}, {b}, {c}]" for a, b, c in config.offsets) + "]"
+    write_volumes(tmp_path / "pred.h5", {"affinities": affinities, "boundary": boundary},
+                  {"offsets": offsets, "agglomeration_threshold": 0.5})
+    figures = segment(config, tmp_path / "pred.h5", tmp_path / "seg.h5")
+    assert figures["threshold"] == 0.5
+    assert set(figures["seconds"]) == {"agglomeration", "mws", "watershed"}
+    for dataset in ("segmentation", "mws", "watershed"):
+        assert read_volume(f"{tmp_path / 'seg.h5'}:{dataset}").shape == labels.shape
+
+    write_volumes(tmp_path / "other.h5", {"affinities": affinities, "boundary": boundary},
+                  {"offsets": "[[1, 0, 0]]"})
+    with pytest.raises(MelecoleError, match="predict again"):
+        segment(config, tmp_path / "other.h5", tmp_path / "seg2.h5")
+    assert not (tmp_path / "seg2.h5").exists()
