@@ -82,6 +82,12 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(report(args.metrics, params.data.dataset, params.data.bundled_root))
 
 
+def cmd_overrides(args: argparse.Namespace) -> None:
+    from melecole.experiments import dvc_set_arguments, read_overrides
+
+    print(" ".join(dvc_set_arguments(read_overrides(args.experiment, args.params or "params.yaml"))))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melecole", description=f"Neuron segmentation in 3D EM. Pipeline: {PIPELINE}.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -133,6 +139,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true",
                    help="also score every other dataset of the segmentation file (the baselines segment writes)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("overrides", help="print an experiment file as `dvc exp run -S` arguments",
+                       description="Validates experiments/NAME.yaml on top of params.yaml and prints -S key=value "
+                                   "pairs: dvc exp run -n NAME $(melecole overrides experiments/NAME.yaml)")
+    p.add_argument("experiment", help="YAML file of parameter overrides")
+    p.add_argument("--params", help=params_help)
+    p.set_defaults(func=cmd_overrides)
 
     p = sub.add_parser("report", help="print a metrics file as a table beside the published reference rows")
     p.add_argument("metrics", nargs="?", default="metrics.json")

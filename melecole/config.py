@@ -99,6 +99,7 @@ class TrainConfig(_Strict):
     patch: Triple = (48, 48, 48)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="validate and keep an exponential moving average of the weights; 0 = off")
     permute_axes: Literal["all", "xy", "none"] = "all"
     flip: bool = True
     min_labelled: float = Field(0.5, ge=0, le=1)

@@ -66,19 +66,26 @@ def train_loop(
     val_every: int,
     validate: Callable[[torch.nn.Module], dict] | None = None,
     on_log: Callable[[dict, int], None] | None = None,
-    on_best: Callable[[int, dict], None] | None = None,
+    on_best: Callable[[int, dict, torch.nn.Module], None] | None = None,
     progress: Callable[[int, dict], None] | None = None,
+    ema_decay: float = 0.0,
 ) -> TrainingResult:
     """Runs ``steps`` optimiser steps.
 
     ``validate(model)`` returns metrics including ``vi_split`` and ``vi_merge``; it runs every
-    ``val_every`` steps and after the last, and ``on_best(step, metrics)`` is called whenever
-    their sum improves, so the caller can keep the best checkpoint.
+    ``val_every`` steps and after the last, and ``on_best(step, metrics, model)`` is called
+    whenever their sum improves, so the caller can keep the best weights. With ``ema_decay`` > 0
+    an exponential moving average of the weights is what gets validated and kept: single
+    checkpoints of a short CPU training jump around, their running average much less.
 
     Raises:
         NonFiniteLoss: when any loss term is NaN or infinite; nothing is stepped with it.
     """
     result = TrainingResult(steps=steps)
+    ema_model = None
+    if ema_decay > 0:
+        ema_model = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay), use_buffers=True)
     start = time.perf_counter()
     running: dict[str, float] = {}
     for step in range(1, steps + 1):
@@ -92,6 +99,8 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         optimizer.step()
+        if ema_model is not None:
+            ema_model.update_parameters(model)
         for key, value in terms.items():
             running[key] = running.get(key, 0.0) + float(value.detach())
         if step % log_every == 0 or step == steps:
@@ -104,7 +113,8 @@ def train_loop(
             if progress:
                 progress(step, averaged)
         if validate is not None and (step % val_every == 0 or step == steps):
-            metrics = validate(model)
+            evaluated = ema_model.module if ema_model is not None else model
+            metrics = validate(evaluated)
             metrics["step"] = step
             result.validations.append(metrics)
             if on_log:
@@ -113,6 +123,6 @@ def train_loop(
             if score < result.best_score:
                 result.best_score, result.best_step = score, step
                 if on_best:
-                    on_best(step, metrics)
+                    on_best(step, metrics, evaluated)
     result.seconds = time.perf_counter() - start
     return result

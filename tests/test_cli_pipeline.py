@@ -141,3 +141,15 @@ def test_every_stage_has_help(capsys):
             main([stage, "--help"])
         assert exit_info.value.code == 0
         assert "usage: melecole " + stage in capsys.readouterr().out
+
+
+def test_moving_average_of_weights_is_what_gets_kept(tmp_path, prepared, capsys):
+    plain, ema = tmp_path / "plain.yaml", tmp_path / "ema.yaml"
+    plain.write_text(yaml.safe_dump(tiny_params_dict(**{"train.steps": 4, "train.val_every": 4})))
+    ema.write_text(yaml.safe_dump(tiny_params_dict(**{"train.steps": 4, "train.val_every": 4, "train.ema_decay": 0.5})))
+    for params, name in ((plain, "plain.pt"), (ema, "ema.pt")):
+        assert _run(capsys, "train", "--params", params, "--data", prepared, "--out", tmp_path / name)[0] == 0
+    first = torch.load(tmp_path / "plain.pt", weights_only=True)["state_dict"]
+    second = torch.load(tmp_path / "ema.pt", weights_only=True)["state_dict"]
+    assert set(first) == set(second)
+    assert any(not torch.equal(first[k], second[k]) for k in first)

@@ -119,14 +119,15 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
                             run_name=f"{params.data.dataset}-{cfg.steps}steps")
     best: dict = {}
 
-    def keep_best(step: int, metrics: dict) -> None:
-        best.update(step=step, metrics=dict(metrics), state=copy.deepcopy(model.state_dict()))
+    def keep_best(step: int, metrics: dict, evaluated: torch.nn.Module) -> None:
+        best.update(step=step, metrics=dict(metrics), state=copy.deepcopy(evaluated.state_dict()))
 
     try:
         result = train_loop(model, loss_fn, sampler, optimizer, cfg.steps, cfg.batch_size, device,
                             cfg.log_every, cfg.val_every,
                             lambda m: validation_scores(params, m, val_raw, val_labels),
-                            on_log=tracker.log_metrics, on_best=keep_best, progress=_progress(cfg.steps))
+                            on_log=tracker.log_metrics, on_best=keep_best, progress=_progress(cfg.steps),
+                            ema_decay=cfg.ema_decay)
     except BaseException:
         tracker.finish("FAILED")
         raise
