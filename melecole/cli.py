@@ -88,6 +88,12 @@ def cmd_overrides(args: argparse.Namespace) -> None:
     print(" ".join(dvc_set_arguments(read_overrides(args.experiment, args.params or "params.yaml"))))
 
 
+def cmd_augment_preview(args: argparse.Namespace) -> None:
+    from melecole.stages.augment_preview import augment_preview
+
+    print(json.dumps(augment_preview(args.out, args.root, args.dataset, patch=args.patch, seed=args.seed)))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melecole", description=f"Neuron segmentation in 3D EM. Pipeline: {PIPELINE}.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -151,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("metrics", nargs="?", default="metrics.json")
     p.add_argument("--params", help=params_help)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("augment-preview", help="PNG grid of every training augmentation on a real patch",
+                       description="One row per augmentation (default parameters, each alone): the central "
+                                   "section of raw and labels before and after, and a (z, x) cut of raw after.")
+    p.add_argument("--out", default="outputs/augment-preview.png", help="PNG to write")
+    p.add_argument("--dataset", default="flyem-fib-small", help="bundled dataset whose train block is shown")
+    p.add_argument("--root", default="datasets", help="folder of the bundled datasets (default: datasets)")
+    p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_augment_preview)
     return parser
 
 

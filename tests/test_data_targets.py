@@ -133,3 +133,79 @@ def test_patch_instances_each_piece_within_one_label():
         assert len(np.unique(labels[result == piece])) == 1
     with pytest.raises(ValueError, match=re.escape("(6, 6)")):
         patch_instances(labels[0])
+
+
+# --- boundary width, affinities, balancing weights ---------------------------------------------
+
+from melecole.data.targets import affinities, balance_weights  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "labels,width,expected",
+    [
+        ([1, 1, 1, 1, 2, 2, 2, 2], 1, [0, 0, 0, 1, 1, 0, 0, 0]),
+        ([1, 1, 1, 1, 2, 2, 2, 2], 2, [0, 0, 1, 1, 1, 1, 0, 0]),
+        ([1, 1, 1, 1, 2, 2, 2, 2], 3, [0, 1, 1, 1, 1, 1, 1, 0]),
+        # The patch edge is not a boundary at any width.
+        ([5, 5, 5, 5, 5], 3, [0, 0, 0, 0, 0]),
+        ([1, 1, 1, 1, 0, 3, 3, 3, 3], 2, [0, 0, 1, 1, 1, 1, 1, 0, 0]),
+    ],
+)
+def test_boundary_map_width_rows(labels, width, expected):
+    np.testing.assert_array_equal(boundary_map(_row(labels), width).ravel(), expected)
+
+
+def test_boundary_map_width_uses_city_block_distance():
+    labels = np.ones((1, 7, 7), dtype=np.uint64)
+    labels[0, 3, 3] = 2  # a one-voxel cell in the middle
+    result = boundary_map(labels, width=2)[0]
+    distance = np.abs(np.arange(7)[:, None] - 3) + np.abs(np.arange(7)[None, :] - 3)
+    np.testing.assert_array_equal(result, (distance <= 2).astype(np.float32))
+    with pytest.raises(ValueError, match="width"):
+        boundary_map(labels, width=0)
+
+
+def test_affinities_table_along_x():
+    labels = _row([1, 1, 2, 2, 0, 0])
+    affs, mask = affinities(labels, [(0, 0, 1), (0, 0, -1), (0, 0, 2)])
+    assert affs.shape == mask.shape == (3, 1, 1, 6) and affs.dtype == mask.dtype == np.float32
+    # v compared with v + o: equal and non-zero labels -> 1; neighbour outside the patch -> masked.
+    np.testing.assert_array_equal(affs[0].ravel(), [1, 0, 1, 0, 0, 0])
+    np.testing.assert_array_equal(mask[0].ravel(), [1, 1, 1, 1, 1, 0])
+    np.testing.assert_array_equal(affs[1].ravel(), [0, 1, 0, 1, 0, 0])
+    np.testing.assert_array_equal(mask[1].ravel(), [0, 1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(affs[2].ravel(), [0, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(mask[2].ravel(), [1, 1, 1, 1, 0, 0])
+
+
+def test_affinities_any_offset_agree_with_a_direct_comparison():
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 3, (5, 6, 7)).astype(np.uint64)
+    offsets = [(-1, 0, 0), (0, -3, 0), (2, -1, 4), (0, 0, -9)]
+    affs, mask = affinities(labels, offsets)
+    for channel, offset in enumerate(offsets):
+        for v in np.ndindex(labels.shape):
+            u = tuple(a + o for a, o in zip(v, offset))
+            inside = all(0 <= c < n for c, n in zip(u, labels.shape))
+            assert mask[channel][v] == inside
+            assert affs[channel][v] == (inside and labels[v] != 0 and labels[v] == labels[u])
+    with pytest.raises(ValueError, match=r"\(1, 2\)"):
+        affinities(labels, [(1, 2)])
+
+
+def test_balance_weights_give_both_classes_equal_total():
+    target = np.zeros((4, 5, 5), np.float32)
+    target[:, :, :1] = 1  # 20 % positives
+    weights = balance_weights(target)
+    assert weights.dtype == np.float32
+    np.testing.assert_allclose(weights[target == 1].sum(), weights[target == 0].sum())
+    np.testing.assert_allclose(weights.mean(), 1.0)
+    np.testing.assert_allclose(weights[target == 1], 2.5)
+    mask = np.ones_like(target)
+    mask[0] = 0
+    masked = balance_weights(target, mask)
+    assert not masked[0].any()
+    np.testing.assert_allclose(masked[mask > 0].mean(), 1.0)
+    np.testing.assert_array_equal(balance_weights(np.zeros((2, 2, 2))), np.ones((2, 2, 2)))
+    with pytest.raises(ValueError, match=r"\(4, 5, 5\).*\(2, 2, 2\)"):
+        balance_weights(target, np.ones((2, 2, 2)))

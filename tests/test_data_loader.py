@@ -1,0 +1,111 @@
+"""The training data loader: the tensors training expects, reproducible and distinct per worker and epoch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from melecole.data.augment import AugmentConfig
+from melecole.data.loader import GridPatches, PatchStream, make_loader, patch_targets, worker_seed
+from melecole.data.normalize import normalize_raw
+from melecole.data.sampling import PatchSampler
+from melecole.training import make_batch
+from tests.conftest import blocks_volume
+
+PATCH = (16, 16, 16)
+
+
+@pytest.fixture(scope="module")
+def volumes():
+    pairs = []
+    for seed, shape in ((0, (24, 32, 32)), (1, (20, 40, 28))):
+        raw, labels = blocks_volume(shape, block=6, seed=seed)
+        pairs.append((normalize_raw(raw), labels))
+    return pairs
+
+
+def _batches(dataset, workers, count, batch_size=2):
+    loader = make_loader(dataset, batch_size, workers)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == count:
+            break
+    return batches
+
+
+def _assert_same(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_patch_targets_are_the_tensors_make_batch_builds(volumes):
+    expected = make_batch(PatchSampler(volumes, PATCH, np.random.default_rng(5)), 3, torch.device("cpu"))
+    sampler = PatchSampler(volumes, PATCH, np.random.default_rng(5))
+    samples = [patch_targets(*sampler.sample()) for _ in range(3)]
+    stacked = torch.utils.data.default_collate(samples)
+    assert stacked.keys() == expected.keys()
+    for key in expected:
+        assert stacked[key].dtype == expected[key].dtype and torch.equal(stacked[key], expected[key]), key
+    assert stacked["raw"].shape == (3, 1, *PATCH) and stacked["instances"].shape == (3, *PATCH)
+
+
+def test_patch_targets_can_add_affinities_and_thicker_boundaries(volumes):
+    raw, labels = volumes[0][0][:16, :16, :16], volumes[0][1][:16, :16, :16]
+    sample = patch_targets(raw, labels, boundary_width=2, offsets=[(-1, 0, 0), (0, 0, -3)])
+    assert sample["affinities"].shape == sample["affinity_mask"].shape == (2, *PATCH)
+    assert sample["boundary"].sum() > patch_targets(raw, labels)["boundary"].sum()
+    with pytest.raises(ValueError, match=r"\(16, 16, 16\) and labels \(16, 16, 15\)"):
+        patch_targets(raw, labels[:, :, :15])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_same_seed_same_batches(volumes, workers):
+    dataset = PatchStream(volumes, PATCH, seed=3, augment=AugmentConfig())
+    first, second = _batches(dataset, workers, 4), _batches(dataset, workers, 4)
+    _assert_same(first, second)
+    batch = first[0]
+    assert batch["raw"].shape == (2, 1, *PATCH) and batch["raw"].dtype == torch.float32
+    assert batch["instances"].shape == (2, *PATCH) and batch["instances"].dtype == torch.int64
+    assert batch["boundary"].shape == (2, 1, *PATCH) and batch["boundary"].dtype == torch.float32
+    other = _batches(PatchStream(volumes, PATCH, seed=4, augment=AugmentConfig()), workers, 4)
+    assert not torch.equal(first[0]["raw"], other[0]["raw"])
+
+
+def test_workers_differ_from_each_other_and_epochs_from_each_other(volumes):
+    dataset = PatchStream(volumes, PATCH, seed=0, augment=AugmentConfig())
+    batches = _batches(dataset, 2, 2, batch_size=1)  # batch 0 from worker 0, batch 1 from worker 1
+    assert not torch.equal(batches[0]["raw"], batches[1]["raw"])
+    # The main process (0 workers) draws as worker 0 does.
+    single = _batches(dataset, 0, 1, batch_size=1)
+    _assert_same(single, batches[:1])
+    dataset.set_epoch(1)
+    next_epoch = _batches(dataset, 2, 2, batch_size=1)
+    assert not torch.equal(batches[0]["raw"], next_epoch[0]["raw"])
+    states = {tuple(worker_seed(seed, epoch, worker).generate_state(4))
+              for seed in range(2) for epoch in range(2) for worker in range(2)}
+    assert len(states) == 8
+
+
+def test_an_epoch_has_the_requested_number_of_patches(volumes):
+    dataset = PatchStream(volumes, PATCH, seed=0, patches_per_epoch=5)
+    loader = make_loader(dataset, batch_size=1, workers=2)
+    assert sum(batch["raw"].shape[0] for batch in loader) == 5
+    assert loader.multiprocessing_context is not None  # forked workers share the volumes
+
+
+def test_grid_patches_dataset_covers_each_volume(volumes):
+    grid = GridPatches(volumes, PATCH, overlap=(4, 4, 4))
+    covered = [np.zeros(raw.shape, bool) for raw, _ in volumes]
+    for index, box in grid.items:
+        covered[index][box] = True
+    assert all(c.all() for c in covered)
+    sample = grid[len(grid) - 1]
+    index, box = grid.items[-1]
+    np.testing.assert_array_equal(sample["raw"][0].numpy(), volumes[index][0][box])
+    loader = make_loader(grid, batch_size=4)
+    assert sum(batch["raw"].shape[0] for batch in loader) == len(grid)
