@@ -12,6 +12,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from melecole.data.augment.params import AugmentConfig
 from melecole.errors import MelecoleError
 
 Triple = tuple[int, int, int]
@@ -100,8 +101,7 @@ class TrainConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     ema_decay: float = Field(0.0, ge=0, lt=1, description="validate and keep an exponential moving average of the weights; 0 = off")
-    permute_axes: Literal["all", "xy", "none"] = "all"
-    flip: bool = True
+    augment: AugmentConfig = AugmentConfig()
     min_labelled: float = Field(0.5, ge=0, le=1)
     val_every: int = Field(200, ge=1)
     log_every: int = Field(20, ge=1)

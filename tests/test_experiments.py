@@ -17,7 +17,7 @@ def test_committed_experiments_validate(path):
 
 
 def test_arguments_parse_back_to_the_overrides():
-    overrides = {"train": {"lr": 0.0005, "permute_axes": "xy", "patch": [16, 64, 64]}, "seed": 3}
+    overrides = {"train": {"lr": 0.0005, "device": "cpu", "patch": [16, 64, 64]}, "seed": 3}
     arguments = dvc_set_arguments(overrides)
     assert arguments[::2] == ["-S"] * 4
     parsed = {}
@@ -25,7 +25,7 @@ def test_arguments_parse_back_to_the_overrides():
         key, value = pair.split("=", 1)
         assert " " not in pair
         parsed[key] = yaml.safe_load(value)  # DVC reads -S values as YAML
-    assert parsed == {"train.lr": 0.0005, "train.permute_axes": "xy", "train.patch": [16, 64, 64], "seed": 3}
+    assert parsed == {"train.lr": 0.0005, "train.device": "cpu", "train.patch": [16, 64, 64], "seed": 3}
 
 
 def test_unknown_key_in_experiment_is_an_error(tmp_path):

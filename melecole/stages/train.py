@@ -12,6 +12,7 @@ import torch
 
 from melecole.checkpoint import save_checkpoint
 from melecole.config import Params, params_as_dict
+from melecole.data.augment import build_augmenter, read_shape
 from melecole.data.normalize import normalize_raw
 from melecole.data.sampling import PatchSampler
 from melecole.errors import MelecoleError
@@ -101,8 +102,10 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
     device = resolve_device(cfg.device)
     volumes = [load_labelled(path) for path in train_files]
     val_raw, val_labels = load_labelled(val_file)
-    sampler = PatchSampler(volumes, cfg.patch, rng, permute=cfg.permute_axes, flip=cfg.flip,
-                           min_labelled=cfg.min_labelled)
+    augment = cfg.augment
+    sampler = PatchSampler(volumes, cfg.patch, rng, permute="none", flip=False, min_labelled=cfg.min_labelled,
+                           augment=build_augmenter(augment, cfg.patch) if augment.enabled else None,
+                           read=read_shape(augment, cfg.patch) if augment.enabled else None)
     model_args = params.model.model_dump(mode="json", exclude={"name"})
     model = build_model(params.model.name, **model_args).to(device)
     divisor = tuple(model.divisor)
