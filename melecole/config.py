@@ -63,6 +63,7 @@ class ModelConfig(_Strict):
     kernel: list[Triple] | None = None
     embedding_dim: int = Field(16, ge=1)
     norm: Literal["group", "batch", "instance", "none"] = "group"
+    affinity_head: bool = Field(False, description="also predict affinities at segment.offsets directly (BCE)")
 
     @model_validator(mode="after")
     def _kernel_per_level(self) -> ModelConfig:
@@ -84,6 +85,7 @@ class LossConfig(_Strict):
     gamma: float = Field(0.001, ge=0)
     norm: Literal["l1", "l2"] = "l2"
     boundary_weight: float = Field(1.0, ge=0)
+    affinity_weight: float = Field(1.0, ge=0, description="weight of the affinity BCE when model.affinity_head is on")
 
     @model_validator(mode="after")
     def _margins(self) -> LossConfig:
@@ -129,8 +131,9 @@ class PredictConfig(_Strict):
 class AgglomerationConfig(_Strict):
     """Fragments + hierarchical agglomeration of nearest-neighbour affinities (waterz)."""
 
-    source: Literal["boundary", "embedding"] = Field(
-        "boundary", description="affinities from the boundary head, or the embedding's 3 nearest-neighbour channels")
+    source: Literal["boundary", "embedding", "affinities"] = Field(
+        "boundary", description="nearest-neighbour affinities from the boundary head, the embedding, "
+                                "or the affinity head (needs model.affinity_head)")
     scoring: Literal["mean", "median", "q75"] = "mean"
     threshold: float | None = Field(
         None, gt=0, lt=1, description="merge threshold; null = the one chosen on the validation volume in training")
@@ -215,6 +218,12 @@ class Params(_Strict):
     predict: PredictConfig = PredictConfig()
     segment: SegmentConfig = SegmentConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _affinity_source_needs_head(self) -> Params:
+        if self.segment.agglomeration.source == "affinities" and not self.model.affinity_head:
+            raise ValueError("segment.agglomeration.source 'affinities' needs model.affinity_head: true")
+        return self
 
 
 def _describe(error: ValidationError, source: str) -> str:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from melecole.data.sampling import PatchSampler
+from melecole.data.targets import affinities as affinity_targets
 from melecole.data.targets import boundary_map, patch_instances
 from melecole.errors import MelecoleError
 
@@ -34,29 +35,39 @@ class TrainingResult:
     seconds: float = 0.0
 
 
-def make_batch(sampler: PatchSampler, batch_size: int, device: torch.device) -> dict[str, torch.Tensor]:
+def make_batch(sampler: PatchSampler, batch_size: int, device: torch.device,
+               offsets: list[tuple[int, int, int]] | None = None) -> dict[str, torch.Tensor]:
     """Samples ``batch_size`` patches and computes their training targets.
 
     Returns:
         raw (B, 1, Z, Y, X) float32, instances (B, Z, Y, X) int64 (0 = ignore),
-        boundary (B, 1, Z, Y, X) float32.
+        boundary (B, 1, Z, Y, X) float32 and, when ``offsets`` are given, affinities and
+        affinity_mask (B, C, Z, Y, X) float32.
     """
-    raws, instances, boundaries = [], [], []
+    raws, instances, boundaries, affs, masks = [], [], [], [], []
     for _ in range(batch_size):
         raw, labels = sampler.sample()
         raws.append(raw)
         instances.append(patch_instances(labels))
         boundaries.append(boundary_map(labels))
-    return {
+        if offsets:
+            target, mask = affinity_targets(labels, offsets)
+            affs.append(target)
+            masks.append(mask)
+    batch = {
         "raw": torch.from_numpy(np.stack(raws)[:, None]).to(device),
         "instances": torch.from_numpy(np.stack(instances).astype(np.int64)).to(device),
         "boundary": torch.from_numpy(np.stack(boundaries)[:, None].astype(np.float32)).to(device),
     }
+    if offsets:
+        batch["affinities"] = torch.from_numpy(np.stack(affs)).to(device)
+        batch["affinity_mask"] = torch.from_numpy(np.stack(masks)).to(device)
+    return batch
 
 
 def train_loop(
     model: torch.nn.Module,
-    loss_fn: Callable[[dict, torch.Tensor, torch.Tensor], dict],
+    loss_fn: Callable[[dict, dict], dict],
     sampler: PatchSampler,
     optimizer: torch.optim.Optimizer,
     steps: int,
@@ -69,6 +80,7 @@ def train_loop(
     on_best: Callable[[int, dict, torch.nn.Module], None] | None = None,
     progress: Callable[[int, dict], None] | None = None,
     ema_decay: float = 0.0,
+    offsets: list[tuple[int, int, int]] | None = None,
 ) -> TrainingResult:
     """Runs ``steps`` optimiser steps.
 
@@ -77,6 +89,7 @@ def train_loop(
     whenever their sum improves, so the caller can keep the best weights. With ``ema_decay`` > 0
     an exponential moving average of the weights is what gets validated and kept: single
     checkpoints of a short CPU training jump around, their running average much less.
+    ``offsets`` adds affinity targets to each batch, for a model with an affinity head.
 
     Raises:
         NonFiniteLoss: when any loss term is NaN or infinite; nothing is stepped with it.
@@ -90,9 +103,9 @@ def train_loop(
     running: dict[str, float] = {}
     for step in range(1, steps + 1):
         model.train()
-        batch = make_batch(sampler, batch_size, device)
+        batch = make_batch(sampler, batch_size, device, offsets)
         outputs = model(batch["raw"])
-        terms = loss_fn(outputs, batch["instances"], batch["boundary"])
+        terms = loss_fn(outputs, batch)
         if not all(torch.isfinite(value).all() for value in terms.values()):
             described = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
             raise NonFiniteLoss(f"non-finite loss at step {step} ({described}); training stopped")

@@ -153,3 +153,19 @@ def test_moving_average_of_weights_is_what_gets_kept(tmp_path, prepared, capsys)
     second = torch.load(tmp_path / "ema.pt", weights_only=True)["state_dict"]
     assert set(first) == set(second)
     assert any(not torch.equal(first[k], second[k]) for k in first)
+
+
+def test_affinity_head_trains_predicts_and_segments(tmp_path, prepared, capsys):
+    params = tmp_path / "aff.yaml"
+    params.write_text(yaml.safe_dump(tiny_params_dict(**{
+        "train.steps": 3, "model.affinity_head": True, "segment.agglomeration": {"source": "affinities"}})))
+    ckpt, pred, seg = tmp_path / "c.pt", tmp_path / "p.h5", tmp_path / "s.h5"
+    code, out, err = _run(capsys, "train", "--params", params, "--data", prepared, "--out", ckpt)
+    assert code == 0, err
+    assert torch.load(ckpt, weights_only=True)["model_args"]["affinity_channels"] == 12
+    assert _run(capsys, "predict", "--params", params, "--checkpoint", ckpt, "--raw", f"{prepared / 'test.h5'}:raw",
+                "--out", pred)[0] == 0
+    with h5py.File(pred) as handle:
+        predicted = handle["predicted_affinities"][...]
+    assert predicted.shape == (12, 16, 24, 24) and 0 <= predicted.min() and predicted.max() <= 1
+    assert _run(capsys, "segment", "--params", params, "--predictions", pred, "--out", seg)[0] == 0

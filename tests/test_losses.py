@@ -307,3 +307,30 @@ def test_boundary_bce_matches_torch_pos_weight_definition():
     negatives = target.numel() - positives
     summed = F.binary_cross_entropy_with_logits(logits, target, pos_weight=negatives / positives, reduction="sum")
     assert boundary_bce(logits, target).item() == pytest.approx((summed / (2 * negatives)).item(), rel=1e-12)
+
+
+def test_multitask_loss_adds_the_masked_affinity_term():
+    from melecole.losses import EmbeddingLoss, MultitaskLoss
+
+    torch.manual_seed(0)
+    instances = torch.zeros(1, 2, 4, 4, dtype=torch.int64)
+    instances[:, :, :, :2], instances[:, :, :, 2:] = 1, 2
+    batch = {"instances": instances, "boundary": torch.zeros(1, 1, 2, 4, 4),
+             "affinities": torch.ones(1, 3, 2, 4, 4), "affinity_mask": torch.ones(1, 3, 2, 4, 4)}
+    outputs = {"embedding": torch.randn(1, 2, 2, 4, 4, requires_grad=True),
+               "boundary": torch.randn(1, 1, 2, 4, 4), "affinities": torch.full((1, 3, 2, 4, 4), 3.0, requires_grad=True)}
+    loss = MultitaskLoss(EmbeddingLoss(), affinity_weight=2.0)
+    terms = loss(outputs, batch)
+    expected_bce = torch.nn.functional.softplus(torch.tensor(-3.0))  # -log(sigmoid(3)) for all-positive targets
+    torch.testing.assert_close(terms["affinity"], expected_bce)
+    plain = EmbeddingLoss()(outputs, batch["instances"], batch["boundary"])["loss"]
+    torch.testing.assert_close(terms["loss"], plain + 2.0 * expected_bce)
+    terms["loss"].backward()
+    assert outputs["affinities"].grad.abs().sum() > 0
+    # Masked-out pairs do not count: a wrong prediction there changes nothing.
+    batch["affinity_mask"][:, 0] = 0
+    wrong = outputs["affinities"].detach().clone()
+    wrong[:, 0] = -5.0
+    torch.testing.assert_close(loss({**outputs, "affinities": wrong}, batch)["affinity"], expected_bce)
+    with pytest.raises(ValueError, match="no affinity targets"):
+        loss(outputs, {"instances": instances, "boundary": batch["boundary"]})

@@ -118,10 +118,10 @@ def test_a_few_adam_steps_reduce_the_discriminative_loss():
 def test_constructor_args_rebuild_the_model_through_the_registry(tmp_path):
     torch.manual_seed(0)
     model = UNet3D(in_channels=2, base_channels=5, channel_factor=3, downsample=[[1, 2, 2]],
-                   embedding_dim=6, norm="instance")
+                   embedding_dim=6, norm="instance", affinity_channels=4)
     args = model.constructor_args
     assert set(args) == {"in_channels", "base_channels", "channel_factor", "downsample", "kernel",
-                         "embedding_dim", "norm"}
+                         "embedding_dim", "norm", "affinity_channels"}
     assert json.loads(json.dumps(args)) == args  # plain Python types only
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": "unet3d", "constructor_args": args, "state": model.state_dict()}, path)
@@ -134,6 +134,7 @@ def test_constructor_args_rebuild_the_model_through_the_registry(tmp_path):
     x = torch.randn(1, 2, 2, 4, 4)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt(x)["embedding"], model(x)["embedding"])
+        assert rebuilt(x)["affinities"].shape == (1, 4, 2, 4, 4)
     # A model of other arguments does not accept these weights.
     with pytest.raises(RuntimeError):
         build_model("unet3d", **{**args, "base_channels": 4}).load_state_dict(model.state_dict(), strict=True)

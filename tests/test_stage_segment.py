@@ -30,7 +30,7 @@ def test_calibration_picks_the_threshold_with_the_lowest_vi():
     affinities, boundary = _perfect_predictions(labels)
     boundary[:, :, 3] = np.maximum(boundary[:, :, 3], 0.4)  # a faint false boundary inside blocks
     config = _config(**{"segment.agglomeration": {"candidates": [0.05, 0.7, 0.99]}})
-    threshold, metrics, table = calibrate(config, affinities, boundary, labels)
+    threshold, metrics, table = calibrate(config, {"affinities": affinities, "boundary": boundary}, labels)
     assert threshold == 0.7
     assert metrics["vi_split"] + metrics["vi_merge"] == pytest.approx(0, abs=1e-9)
     assert set(table) == {0.05, 0.7, 0.99}
@@ -40,14 +40,35 @@ def test_calibration_picks_the_threshold_with_the_lowest_vi():
 def test_every_method_runs_and_agglomeration_needs_a_threshold():
     _, labels = blocks_volume(shape=(16, 16, 16), block=8)
     affinities, boundary = _perfect_predictions(labels)
+    predictions = {"affinities": affinities, "boundary": boundary}
     config = _config()
     for method in ("agglomeration", "mws", "watershed"):
-        segmentation = run_method(method, config, affinities, boundary, threshold=0.5)
+        segmentation = run_method(method, config, predictions, threshold=0.5)
         assert segmentation.shape == labels.shape and segmentation.dtype == np.uint64
-    perfect = run_method("agglomeration", config, affinities, boundary, threshold=0.5)
+    perfect = run_method("agglomeration", config, predictions, threshold=0.5)
     assert evaluate_segmentation(perfect, labels)["vi_merge"] == pytest.approx(0, abs=1e-9)
     with pytest.raises(MelecoleError, match="threshold is null"):
-        run_method("agglomeration", config, affinities, boundary, threshold=None)
+        run_method("agglomeration", config, predictions, threshold=None)
+
+
+def test_agglomeration_of_predicted_affinities():
+    from melecole.data.targets import affinities as affinity_targets
+
+    _, labels = blocks_volume(shape=(16, 16, 16), block=8)
+    affinities, boundary = _perfect_predictions(labels)
+    config = _config(**{"model.affinity_head": True, "segment.agglomeration": {"source": "affinities"}})
+    with pytest.raises(MelecoleError, match="no predicted_affinities"):
+        run_method("agglomeration", config, {"affinities": affinities, "boundary": boundary}, threshold=0.5)
+    predicted, _ = affinity_targets(labels, config.offsets)
+    uninformative = np.full_like(boundary, 0.5)  # the boundary map is not used with this source
+    segmentation = run_method("agglomeration", config, {"affinities": affinities, "boundary": uninformative,
+                                                        "predicted_affinities": predicted}, threshold=0.5)
+    assert evaluate_segmentation(segmentation, labels)["vi_split"] == pytest.approx(0, abs=1e-9)
+
+
+def test_affinity_source_needs_the_head():
+    with pytest.raises(MelecoleError, match="needs model.affinity_head"):
+        _config(**{"segment.agglomeration": {"source": "affinities"}})
 
 
 def test_segment_stage_writes_method_and_baselines(tmp_path):

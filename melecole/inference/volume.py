@@ -58,21 +58,28 @@ def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, in
         embedding (E, Z, Y, X) of the untransformed volume, boundary (Z, Y, X) probabilities and
         affinities (C, Z, Y, X), all float32; affinities use the margin and norm the model was
         trained with and, like the boundary, are averaged over the test-time augmentations.
+        A model with an affinity head adds predicted_affinities (C, Z, Y, X) probabilities.
     """
     model.eval()
     device = model_device(model)
     transforms = augmentations(augment)
-    embedding, boundary, affinities = None, 0.0, 0.0
+    embedding, boundary, affinities, predicted = None, 0.0, 0.0, None
     for transform in transforms:
         outputs = sliding_window_predict(model, _forward(raw, transform), patch=patch, overlap=overlap,
                                          batch_size=batch_size, device=device, divisor=tuple(model.divisor))
         emb = _backward(outputs["embedding"], transform)
         if embedding is None:
             embedding = emb
+            if "affinities" in outputs:
+                # Offsets change direction under a transform, so only the identity pass is used.
+                predicted = (1.0 / (1.0 + np.exp(-outputs["affinities"]))).astype(np.float32)
         logits = _backward(outputs["boundary"], transform)[0]
         boundary = boundary + 1.0 / (1.0 + np.exp(-logits))
         affinities = affinities + embedding_affinities(torch.from_numpy(emb).to(device), offsets,
                                                        delta_d=delta_d, norm=norm)
     count = float(len(transforms))
-    return {"embedding": embedding, "boundary": (boundary / count).astype(np.float32),
-            "affinities": (affinities / count).astype(np.float32)}
+    result = {"embedding": embedding, "boundary": (boundary / count).astype(np.float32),
+              "affinities": (affinities / count).astype(np.float32)}
+    if predicted is not None:
+        result["predicted_affinities"] = predicted
+    return result

@@ -2,6 +2,6 @@
 
 from melecole.losses.boundary import boundary_bce
 from melecole.losses.discriminative import discriminative_loss
-from melecole.losses.modules import EmbeddingLoss
+from melecole.losses.modules import EmbeddingLoss, MultitaskLoss
 
-__all__ = ["EmbeddingLoss", "boundary_bce", "discriminative_loss"]
+__all__ = ["EmbeddingLoss", "MultitaskLoss", "boundary_bce", "discriminative_loss"]

@@ -87,3 +87,40 @@ class EmbeddingLoss(nn.Module):
     def extra_repr(self) -> str:
         return (f"delta_v={self.delta_v}, delta_d={self.delta_d}, alpha={self.alpha}, beta={self.beta}, "
                 f"gamma={self.gamma}, norm='{self.norm}', boundary_weight={self.boundary_weight}")
+
+
+class MultitaskLoss(nn.Module):
+    """The embedding loss plus an optional class-balanced BCE on directly predicted affinities.
+
+    ``loss = embedding loss (with its boundary term) + affinity_weight * affinity BCE``, the
+    BCE masked to pairs whose partner voxel lies inside the patch.
+
+    Args:
+        embedding_loss: the :class:`EmbeddingLoss` to combine.
+        affinity_weight: weight of the affinity term; used only when the model outputs
+            ``"affinities"``.
+    """
+
+    def __init__(self, embedding_loss: EmbeddingLoss, affinity_weight: float = 1.0) -> None:
+        super().__init__()
+        if affinity_weight < 0:
+            raise ValueError(f"affinity_weight must be non-negative, got {affinity_weight}")
+        self.embedding_loss = embedding_loss
+        self.affinity_weight = float(affinity_weight)
+
+    def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Computes the total loss and its parts from the model outputs and a training batch.
+
+        Args:
+            outputs: the model's output; ``"affinities"`` (B, C, Z, Y, X) logits is optional.
+            batch: ``"instances"`` (B, Z, Y, X), ``"boundary"`` (B, 1, Z, Y, X) and, with an
+                affinity head, ``"affinities"`` and ``"affinity_mask"`` (B, C, Z, Y, X).
+        """
+        terms = self.embedding_loss(outputs, batch["instances"], batch["boundary"])
+        if "affinities" in outputs:
+            if "affinities" not in batch:
+                raise ValueError("the model predicts affinities but the batch carries no affinity targets")
+            bce = boundary_bce(outputs["affinities"], batch["affinities"], batch["affinity_mask"])
+            terms["affinity"] = bce
+            terms["loss"] = terms["loss"] + self.affinity_weight * bce
+        return terms

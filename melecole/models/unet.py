@@ -100,6 +100,7 @@ class UNet3D(nn.Module):
         embedding_dim: channels of the embedding head.
         norm: ``"group"`` (min(8, C) groups, reduced until they divide C), ``"batch"``,
             ``"instance"`` or ``"none"``.
+        affinity_channels: channels of an optional direct affinity head (0 = none).
 
     Attributes:
         constructor_args: plain-Python keyword arguments (lists, ints, strs) that rebuild this
@@ -116,6 +117,7 @@ class UNet3D(nn.Module):
         kernel: Sequence[Sequence[int]] | None = None,
         embedding_dim: int = 16,
         norm: str = "group",
+        affinity_channels: int = 0,
     ) -> None:
         super().__init__()
         downsample = _as_triples(downsample, "downsample")
@@ -142,6 +144,7 @@ class UNet3D(nn.Module):
             "kernel": kernels,
             "embedding_dim": int(embedding_dim),
             "norm": str(norm),
+            "affinity_channels": int(affinity_channels),
         }
         self._divisor = tuple(math.prod(step[axis] for step in downsample) for axis in range(3))
         self.in_channels = int(in_channels)
@@ -167,6 +170,8 @@ class UNet3D(nn.Module):
 
         self.embedding_head = nn.Conv3d(channels[0], int(embedding_dim), 1)
         self.boundary_head = nn.Conv3d(channels[0], 1, 1)
+        # Optional direct affinity prediction (logits), one channel per segmentation offset.
+        self.affinity_head = nn.Conv3d(channels[0], int(affinity_channels), 1) if affinity_channels > 0 else None
 
     @property
     def divisor(self) -> tuple[int, int, int]:
@@ -180,7 +185,8 @@ class UNet3D(nn.Module):
             x: input volume batch, (B, C, Z, Y, X) with Z, Y, X multiples of :attr:`divisor`.
 
         Returns:
-            ``{"embedding": (B, E, Z, Y, X), "boundary": (B, 1, Z, Y, X) logits}``.
+            ``{"embedding": (B, E, Z, Y, X), "boundary": (B, 1, Z, Y, X) logits}``, plus
+            ``"affinities"`` (B, affinity_channels, Z, Y, X) logits when that head exists.
 
         Raises:
             ValueError: if the input is not 5-D, has the wrong channel count, or its spatial
@@ -204,4 +210,7 @@ class UNet3D(nn.Module):
                 x = self.pools[level](x)
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
-        return {"embedding": self.embedding_head(x), "boundary": self.boundary_head(x)}
+        outputs = {"embedding": self.embedding_head(x), "boundary": self.boundary_head(x)}
+        if self.affinity_head is not None:
+            outputs["affinities"] = self.affinity_head(x)
+        return outputs

@@ -28,25 +28,35 @@ from melecole.segment.postprocess import merge_small_segments
 from melecole.segment.watershed import boundary_watershed
 
 
-def _agglomeration_input(config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray) -> np.ndarray:
-    if config.agglomeration.source == "boundary":
-        return boundary_affinities(boundary)
-    return affinities[:3]
+Predictions = dict[str, np.ndarray]  # affinities (C,Z,Y,X), boundary (Z,Y,X), maybe predicted_affinities
 
 
-def run_method(method: str, config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray,
-               threshold: float | None, seed: int = 0) -> np.ndarray:
-    """One segmentation (Z, Y, X) uint64 of ``method`` from affinities (C, Z, Y, X) and boundary (Z, Y, X)."""
+def _agglomeration_input(config: SegmentConfig, predictions: Predictions) -> np.ndarray:
+    source = config.agglomeration.source
+    if source == "boundary":
+        return boundary_affinities(predictions["boundary"])
+    if source == "embedding":
+        return predictions["affinities"][:3]
+    if "predicted_affinities" not in predictions:
+        raise MelecoleError("segment.agglomeration.source is 'affinities' but the predictions hold no "
+                            "predicted_affinities (train with model.affinity_head: true)")
+    return predictions["predicted_affinities"][:3]
+
+
+def run_method(method: str, config: SegmentConfig, predictions: Predictions, threshold: float | None,
+               seed: int = 0) -> np.ndarray:
+    """One segmentation (Z, Y, X) uint64 of ``method`` from the predictions of a volume."""
     if method == "agglomeration":
         if threshold is None:
             raise MelecoleError("segment.agglomeration.threshold is null and the predictions carry no "
                                 "threshold chosen in training; set one or predict with a melecole checkpoint")
-        fragments = agglomerate(_agglomeration_input(config, affinities, boundary), [threshold],
+        fragments = agglomerate(_agglomeration_input(config, predictions), [threshold],
                                 config.agglomeration.scoring)[0]
         return merge_small_segments(fragments, config.min_size)
+    boundary = predictions["boundary"]
     if method == "mws":
         mask = boundary < config.foreground_threshold if config.foreground_threshold < 1.0 else None
-        segmentation = mutex_watershed(affinities, config.offsets, attractive=config.attractive,
+        segmentation = mutex_watershed(predictions["affinities"], config.offsets, attractive=config.attractive,
                                        strides=config.strides, randomize_strides=config.randomize_strides,
                                        mask=mask, seed=seed)
         return merge_small_segments(segmentation, config.min_size)
@@ -56,7 +66,7 @@ def run_method(method: str, config: SegmentConfig, affinities: np.ndarray, bound
     raise MelecoleError(f"unknown segmentation method '{method}'")
 
 
-def calibrate(config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray,
+def calibrate(config: SegmentConfig, predictions: Predictions,
               labels: np.ndarray) -> tuple[float, dict[str, float], dict[float, dict[str, float]]]:
     """Chooses the agglomeration threshold with the lowest VI sum on a labelled volume.
 
@@ -64,21 +74,19 @@ def calibrate(config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarra
         (threshold, its metrics, metrics of every candidate threshold).
     """
     candidates = config.agglomeration.candidates
-    segmentations = agglomerate(_agglomeration_input(config, affinities, boundary), candidates,
-                                config.agglomeration.scoring)
+    segmentations = agglomerate(_agglomeration_input(config, predictions), candidates, config.agglomeration.scoring)
     table = {t: evaluate_segmentation(merge_small_segments(s, config.min_size), labels)
              for t, s in zip(candidates, segmentations)}
     best = min(table, key=lambda t: table[t]["vi_split"] + table[t]["vi_merge"])
     return best, table[best], table
 
 
-def score_on(config: SegmentConfig, affinities: np.ndarray, boundary: np.ndarray, labels: np.ndarray,
-             seed: int = 0) -> dict[str, float]:
+def score_on(config: SegmentConfig, predictions: Predictions, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
     """Validation metrics of the configured method (the agglomeration's at its best threshold)."""
     if config.method == "agglomeration" and config.agglomeration.threshold is None:
-        threshold, metrics, _ = calibrate(config, affinities, boundary, labels)
+        threshold, metrics, _ = calibrate(config, predictions, labels)
         return {**metrics, "threshold": threshold}
-    segmentation = run_method(config.method, config, affinities, boundary, config.agglomeration.threshold, seed)
+    segmentation = run_method(config.method, config, predictions, config.agglomeration.threshold, seed)
     return evaluate_segmentation(segmentation, labels)
 
 
@@ -97,24 +105,29 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
     threshold is ``config.agglomeration.threshold`` or, when that is null, the one the
     checkpoint chose on the validation volume.
     """
-    predictions = Path(predictions)
-    affinities = read_volume(VolumeSpec(predictions, "affinities"), ndim=4)
-    boundary = read_volume(VolumeSpec(predictions, "boundary"))
-    offsets, calibrated = _stored(predictions)
+    path = Path(predictions)
+    affinities = read_volume(VolumeSpec(path, "affinities"), ndim=4)
+    boundary = read_volume(VolumeSpec(path, "boundary"))
+    offsets, calibrated = _stored(path)
     if offsets is not None and offsets != [tuple(o) for o in config.offsets]:
-        raise MelecoleError(f"{predictions}: affinities were computed at offsets {offsets}, "
+        raise MelecoleError(f"{path}: affinities were computed at offsets {offsets}, "
                             f"but segment.offsets is {[tuple(o) for o in config.offsets]}; predict again")
     if affinities.shape[0] != len(config.offsets) or affinities.shape[1:] != boundary.shape:
-        raise MelecoleError(f"{predictions}: affinities {affinities.shape} and boundary {boundary.shape} do not "
+        raise MelecoleError(f"{path}: affinities {affinities.shape} and boundary {boundary.shape} do not "
                             f"match {len(config.offsets)} offsets over one volume")
+    predictions = {"affinities": affinities, "boundary": boundary}
+    with h5py.File(path, "r") as handle:
+        has_head = "predicted_affinities" in handle
+    if has_head:
+        predictions["predicted_affinities"] = read_volume(VolumeSpec(path, "predicted_affinities"), ndim=4)
     threshold = config.agglomeration.threshold if config.agglomeration.threshold is not None else calibrated
     outputs, seconds = {}, {}
     for method in [config.method] + [b for b in config.baselines if b != config.method]:
         start = time.perf_counter()
         outputs["segmentation" if method == config.method else method] = run_method(
-            method, config, affinities, boundary, threshold, seed)
+            method, config, predictions, threshold, seed)
         seconds[method] = round(time.perf_counter() - start, 3)
-    attrs = {"source": str(predictions), "method": config.method, "baselines": json.dumps(config.baselines)}
+    attrs = {"source": str(path), "method": config.method, "baselines": json.dumps(config.baselines)}
     if threshold is not None:
         attrs["agglomeration_threshold"] = threshold
     write_volumes(out, outputs, attrs)

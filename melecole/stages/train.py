@@ -18,7 +18,7 @@ from melecole.data.sampling import PatchSampler
 from melecole.errors import MelecoleError
 from melecole.inference.volume import predict_volume
 from melecole.io import atomic_output, check_same_shape, read_volumes
-from melecole.losses import EmbeddingLoss
+from melecole.losses import EmbeddingLoss, MultitaskLoss
 from melecole.models import build_model
 from melecole.stages.segment import score_on
 from melecole.tracking import Tracker
@@ -78,7 +78,7 @@ def validation_scores(params: Params, model: torch.nn.Module, raw: np.ndarray, l
     loss, cfg = params.train.loss, params.predict
     predictions = predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
                                  loss.delta_d, loss.norm, augment)
-    return score_on(params.segment, predictions["affinities"], predictions["boundary"], labels, params.seed)
+    return score_on(params.segment, predictions, labels, params.seed)
 
 
 def _progress(total: int):
@@ -106,15 +106,18 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
     sampler = PatchSampler(volumes, cfg.patch, rng, permute="none", flip=False, min_labelled=cfg.min_labelled,
                            augment=build_augmenter(augment, cfg.patch) if augment.enabled else None,
                            read=read_shape(augment, cfg.patch) if augment.enabled else None)
-    model_args = params.model.model_dump(mode="json", exclude={"name"})
+    model_args = params.model.model_dump(mode="json", exclude={"name", "affinity_head"})
+    offsets = [tuple(o) for o in params.segment.offsets] if params.model.affinity_head else None
+    model_args["affinity_channels"] = len(offsets) if offsets else 0
     model = build_model(params.model.name, **model_args).to(device)
     divisor = tuple(model.divisor)
     for name, shape in (("train.patch", cfg.patch), ("predict.patch", params.predict.patch)):
         if any(s % d for s, d in zip(shape, divisor)):
             raise MelecoleError(f"{name} {tuple(shape)} must be divisible by the model's divisor {divisor}")
     loss = cfg.loss
-    loss_fn = EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha, beta=loss.beta,
-                            gamma=loss.gamma, norm=loss.norm, boundary_weight=loss.boundary_weight)
+    loss_fn = MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
+                                          beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
+                                          boundary_weight=loss.boundary_weight), loss.affinity_weight)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     params_dict = params_as_dict(params)
@@ -130,7 +133,7 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
                             cfg.log_every, cfg.val_every,
                             lambda m: validation_scores(params, m, val_raw, val_labels),
                             on_log=tracker.log_metrics, on_best=keep_best, progress=_progress(cfg.steps),
-                            ema_decay=cfg.ema_decay)
+                            ema_decay=cfg.ema_decay, offsets=offsets)
     except BaseException:
         tracker.finish("FAILED")
         raise
