@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from melecole.errors import MelecoleError
 
 LOCAL_STORE = "mlflow.db"
+_ATTEMPTS = 4
 
 
 def _mlflow():
@@ -79,16 +81,20 @@ class Tracker:
             return cls(False)
         mlflow = _mlflow()
         mlflow.set_tracking_uri(tracking_uri())
-        try:
-            experiment_id = mlflow.set_experiment(experiment).experiment_id
-            client = mlflow.MlflowClient()
-            run = client.create_run(experiment_id, run_name=run_name, tags=run_tags())
-            flat = flatten(params)
-            items = list(flat.items())
-            for start in range(0, len(items), 100):
-                client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
-        except Exception as error:  # noqa: BLE001 - any store failure is reported the same way
-            raise MelecoleError(f"MLflow store {tracking_uri()}: cannot start a run ({error})") from None
+        for attempt in range(_ATTEMPTS):
+            try:
+                experiment_id = mlflow.set_experiment(experiment).experiment_id
+                break
+            except Exception as error:  # noqa: BLE001 - any store failure is reported the same way
+                # Two runs that start at once may race to create a new local store or experiment.
+                if attempt == _ATTEMPTS - 1:
+                    raise MelecoleError(f"MLflow store {tracking_uri()}: cannot start a run ({error})") from None
+                time.sleep(1 + attempt)
+        client = mlflow.MlflowClient()
+        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags())
+        items = list(flatten(params).items())
+        for start in range(0, len(items), 100):
+            client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
         return cls(True, run.info.run_id)
 
     @classmethod

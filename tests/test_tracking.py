@@ -51,3 +51,20 @@ def test_train_and_evaluate_share_one_run(tmp_path, prepared, monkeypatch, capsy
 
 def test_flatten_nested_params():
     assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": "1", "a.c.d": "[1, 2]", "e": "x"}
+
+
+def test_two_runs_starting_at_once_on_a_new_store(tmp_path, monkeypatch):
+    import concurrent.futures
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = ("from melecole.tracking import Tracker; "
+            "print(Tracker.start('race', {'a': 1}).run_id)")
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                                                         text=True, timeout=300), range(2)))
+    assert all(r.returncode == 0 for r in results), [r.stderr[-500:] for r in results]
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    assert len(client.search_runs([client.get_experiment_by_name("race").experiment_id])) == 2
