@@ -262,3 +262,31 @@ def test_raw_and_labels_that_do_not_line_up_are_refused(tmp_path):
 
 def test_default_url_is_the_shares_direct_download():
     assert SNEMI3D_URL == "https://cloudstore.zih.tu-dresden.de/index.php/s/DeWzTtfK7bQWea5/download"
+
+
+def test_cli_fetch_then_prepare_with_checksum(server, tmp_path, capsys):
+    from melecole.cli import main
+    from melecole.config import params_from_dict
+    from melecole.errors import MelecoleError
+    from melecole.io import read_volume
+    from melecole.stages.prepare import prepare
+    from tests.conftest import tiny_params_dict
+
+    root, base = server
+    expected = _melecole_zip(root / "snemi3d.zip")
+    digest = hashlib.sha256((root / "snemi3d.zip").read_bytes()).hexdigest()
+    archive = tmp_path / "downloads" / "snemi3d.zip"
+    assert main(["fetch-snemi3d", "--url", f"{base}/snemi3d.zip", "--out", str(archive), "--sha256", digest]) == 0
+    capsys.readouterr()
+
+    def config(sha256):
+        return params_from_dict(tiny_params_dict(**{
+            "data.dataset": "snemi3d", "data.snemi3d": {"archive": str(archive), "sha256": sha256}})).data
+
+    prepare(config(digest), 0, tmp_path / "data")
+    for split, (raw, labels) in expected.items():
+        np.testing.assert_array_equal(read_volume(f"{tmp_path / 'data' / split}.h5:raw"), raw)
+        np.testing.assert_array_equal(read_volume(f"{tmp_path / 'data' / split}.h5:labels"), labels)
+    with pytest.raises(MelecoleError, match="differs from data.snemi3d.sha256"):
+        prepare(config("0" * 64), 0, tmp_path / "other")
+    assert not (tmp_path / "other").exists()

@@ -44,9 +44,14 @@ def _snemi3d_splits(config: DataConfig) -> dict[str, Pair]:
             f"{folder}: SNEMI3D is not downloaded; with network access run `dvc update data.dvc` "
             f"(or `melecole fetch-snemi3d --out {folder}`)"
         )
+    from melecole.data.download import sha256sum
     from melecole.data.snemi3d import load_snemi3d
 
-    return load_snemi3d(folder)
+    expected = config.snemi3d.sha256
+    if expected and folder.is_file() and sha256sum(folder) != expected.lower():
+        raise MelecoleError(f"{folder}: SHA-256 {sha256sum(folder)} differs from data.snemi3d.sha256 {expected}; "
+                            "the download is corrupt or not the expected release")
+    return load_snemi3d(folder, val_fraction=config.val_fraction, test_fraction=config.val_fraction)
 
 
 def dataset_splits(config: DataConfig, seed: int) -> dict[str, Pair]:

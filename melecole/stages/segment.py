@@ -37,10 +37,14 @@ def _agglomeration_input(config: SegmentConfig, predictions: Predictions) -> np.
         return boundary_affinities(predictions["boundary"])
     if source == "embedding":
         return predictions["affinities"][:3]
+    return _predicted(predictions, "segment.agglomeration.source")[:3]
+
+
+def _predicted(predictions: Predictions, key: str) -> np.ndarray:
     if "predicted_affinities" not in predictions:
-        raise MelecoleError("segment.agglomeration.source is 'affinities' but the predictions hold no "
-                            "predicted_affinities (train with model.affinity_head: true)")
-    return predictions["predicted_affinities"][:3]
+        raise MelecoleError(f"{key} is 'affinities' but the predictions hold no predicted_affinities "
+                            "(train with model.affinity_head: true)")
+    return predictions["predicted_affinities"]
 
 
 def run_method(method: str, config: SegmentConfig, predictions: Predictions, threshold: float | None,
@@ -56,7 +60,9 @@ def run_method(method: str, config: SegmentConfig, predictions: Predictions, thr
     boundary = predictions["boundary"]
     if method == "mws":
         mask = boundary < config.foreground_threshold if config.foreground_threshold < 1.0 else None
-        segmentation = mutex_watershed(predictions["affinities"], config.offsets, attractive=config.attractive,
+        affinities = (predictions["affinities"] if config.mws_source == "embedding"
+                      else _predicted(predictions, "segment.mws_source"))
+        segmentation = mutex_watershed(affinities, config.offsets, attractive=config.attractive,
                                        strides=config.strides, randomize_strides=config.randomize_strides,
                                        mask=mask, seed=seed)
         return merge_small_segments(segmentation, config.min_size)
