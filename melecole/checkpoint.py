@@ -1,7 +1,16 @@
-"""Checkpoints that carry the model's constructor arguments and the config, written atomically."""
+"""Checkpoints that carry the model's constructor arguments and the config, written atomically.
+
+Two kinds: the final model checkpoint (``save_checkpoint`` / ``load_model``: weights, constructor
+arguments, params and facts such as the calibrated threshold), and training states
+(``save_state`` / ``read_state``: everything needed to resume a run exactly), kept as
+``checkpoints/<stem>-step-NNNNNN.pt`` beside the final checkpoint ``<stem>.pt``. Both hold only
+tensors and plain Python values, so both load with ``torch.load(..., weights_only=True)``.
+"""
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
@@ -11,6 +20,7 @@ from melecole.io import atomic_output
 from melecole.models import build_model
 
 FORMAT = "melecole-checkpoint-1"
+STATE_FORMAT = "melecole-training-state-1"
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, params: dict, extra: dict | None = None) -> None:
@@ -56,3 +66,67 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     model = build_model(state["model_name"], **state["model_args"])
     model.load_state_dict(state["state_dict"])
     return model.to(device).eval(), state["params"], state["extra"]
+
+
+def save_state(path: str | Path, state: dict) -> None:
+    """Writes a training state (plain values and tensors) to a temporary file, syncs it and renames it.
+
+    The sync makes the renamed file complete even after a power cut, not only after a killed
+    process: the periodic checkpoints are what a resumed run trusts.
+    """
+    with atomic_output(path) as tmp:
+        torch.save({"format": STATE_FORMAT, **state}, tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+
+
+def read_state(path: str | Path) -> dict:
+    """Loads a training state written by :func:`save_state` (``weights_only=True``, onto the CPU)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
+        raise MelecoleError(f"{path}: not a readable training state ({type(error).__name__}: {error})") from None
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise MelecoleError(f"{path}: not a melecole training state")
+    return state
+
+
+def checkpoint_folder(final: str | Path) -> Path:
+    """The folder of the periodic and diagnostic checkpoints of a run writing ``final``."""
+    return Path(final).parent / "checkpoints"
+
+
+def periodic_path(final: str | Path, step: int) -> Path:
+    """``checkpoints/<stem>-step-000200.pt`` beside ``final``."""
+    return checkpoint_folder(final) / f"{Path(final).stem}-step-{step:06d}.pt"
+
+
+def nonfinite_path(final: str | Path, step: int) -> Path:
+    """``checkpoints/<stem>-nonfinite-step-000017.pt``: the state a non-finite loss left behind."""
+    return checkpoint_folder(final) / f"{Path(final).stem}-nonfinite-step-{step:06d}.pt"
+
+
+def periodic_checkpoints(final: str | Path) -> list[tuple[int, Path]]:
+    """(step, path) of the periodic checkpoints of the run writing ``final``, oldest first."""
+    folder = checkpoint_folder(final)
+    if not folder.is_dir():
+        return []
+    pattern = re.compile(rf"{re.escape(Path(final).stem)}-step-(\d+)\.pt")
+    found = [(int(match.group(1)), path) for path in folder.iterdir() if (match := pattern.fullmatch(path.name))]
+    return sorted(found)
+
+
+def prune_checkpoints(final: str | Path, keep: int) -> None:
+    """Deletes all but the ``keep`` newest periodic checkpoints of ``final``'s run."""
+    for _, path in periodic_checkpoints(final)[:-keep] if keep > 0 else periodic_checkpoints(final):
+        path.unlink(missing_ok=True)
+
+
+def remove_checkpoints(final: str | Path) -> None:
+    """Deletes every periodic checkpoint of ``final``'s run and temporary files a killed write left."""
+    prune_checkpoints(final, 0)
+    folder = checkpoint_folder(final)
+    if folder.is_dir():
+        for leftover in folder.glob(f".{Path(final).stem}-step-*.pt.*.tmp"):
+            leftover.unlink(missing_ok=True)

@@ -34,7 +34,21 @@ def cmd_prepare(args: argparse.Namespace) -> None:
         print(path)
 
 
+def _train_arguments(args: argparse.Namespace) -> list[str]:
+    # The command line again, for the ranks torchrun starts.
+    argv = ["train"]
+    for flag, value in (("--params", args.params), ("--data", args.data), ("--val", args.val), ("--out", args.out),
+                        ("--run-file", args.run_file)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.train:
+        argv += ["--train", *[str(p) for p in args.train]]
+    argv += ["--resume"] if args.resume else ["--fresh"] if args.fresh else []
+    return argv
+
+
 def cmd_train(args: argparse.Namespace) -> None:
+    from melecole.distributed import launched_by_torchrun, relaunch
     from melecole.stages.train import train, training_files
 
     params = _params(args.params)
@@ -47,8 +61,16 @@ def cmd_train(args: argparse.Namespace) -> None:
         train_files, val_file = training_files(args.data)
         if args.val:
             val_file = Path(args.val)
-    summary = train(params, train_files, val_file, args.out, args.run_file)
-    print(json.dumps(summary, indent=2))
+    if params.train.processes > 1 and not launched_by_torchrun():
+        status = relaunch(params.train.processes, _train_arguments(args))
+        if status != 0:
+            raise MelecoleError(f"torchrun with {params.train.processes} processes exited with status {status} "
+                                "(the ranks' own messages are above)")
+        return
+    mode = "always" if args.resume else "never" if args.fresh else "auto"
+    summary = train(params, train_files, val_file, args.out, args.run_file, mode)
+    if summary is not None:
+        print(json.dumps(summary, indent=2))
 
 
 def cmd_predict(args: argparse.Namespace) -> None:
@@ -82,6 +104,13 @@ def cmd_report(args: argparse.Namespace) -> None:
     print(report(args.metrics, params.data.dataset, params.data.bundled_root))
 
 
+def cmd_fetch_snemi3d(args: argparse.Namespace) -> None:
+    from melecole.data.download import download
+    from melecole.data.snemi3d import SNEMI3D_URL
+
+    print(download(args.url or SNEMI3D_URL, Path(args.out), args.sha256))
+
+
 def cmd_overrides(args: argparse.Namespace) -> None:
     from melecole.experiments import dvc_set_arguments, read_overrides
 
@@ -108,13 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the U-Net; keep the checkpoint with the best validation VI",
                        description="Trains on raw/labels HDF5 files and writes a checkpoint loadable with "
-                                   "torch.load(weights_only=True). Logs to MLflow.")
+                                   "torch.load(weights_only=True). Logs to MLflow. With train.processes > 1 it "
+                                   "re-launches itself under torchrun (DDP); under torchrun it is one rank. "
+                                   "Resumable checkpoints go to checkpoints/ beside --out.")
     p.add_argument("--params", help=params_help)
     p.add_argument("--data", default="data", help="prepared folder with train*.h5 and val.h5 (default: data)")
     p.add_argument("--train", nargs="+", help="training files (datasets raw, labels) instead of --data")
     p.add_argument("--val", help="validation file (datasets raw, labels)")
     p.add_argument("--out", default="outputs/checkpoint.pt", help="checkpoint path")
     p.add_argument("--run-file", help="write the MLflow run id here so evaluate can add to the same run")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue from the newest periodic checkpoint (an error if none fits); by default a "
+                            "compatible interrupted run is continued and anything else starts afresh")
+    again.add_argument("--fresh", action="store_true", help="ignore and delete earlier periodic checkpoints")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("predict", help="sliding-window inference: embeddings, boundaries, affinities",
@@ -145,6 +181,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true",
                    help="also score every other dataset of the segmentation file (the baselines segment writes)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("fetch-snemi3d", help="download the SNEMI3D archive (network needed; DVC users: dvc update data.dvc)",
+                       description="Downloads the SNEMI3D train/val/test archive named in data.dvc to OUT, atomically, "
+                                   "verifying --sha256 when given.")
+    p.add_argument("--out", default="downloads/snemi3d.zip")
+    p.add_argument("--url", help="archive URL (default: the MeLeCoLe share on TU Dresden's cloud storage)")
+    p.add_argument("--sha256", help="expected SHA-256 of the archive")
+    p.set_defaults(func=cmd_fetch_snemi3d)
 
     p = sub.add_parser("overrides", help="print an experiment file as `dvc exp run -S` arguments",
                        description="Validates experiments/NAME.yaml on top of params.yaml and prints -S key=value "

@@ -110,6 +110,21 @@ class TrainConfig(_Strict):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     loss: LossConfig = LossConfig()
+    processes: int = Field(1, ge=1, description="DDP processes on this machine; > 1 re-launches under torchrun")
+    accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step (gradient accumulation)")
+    schedule: Literal["constant", "cosine", "cosine_restarts"] = Field(
+        "constant", description="learning-rate schedule after the warm-up")
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up from lr / warmup_steps to lr")
+    min_lr_factor: float = Field(0.0, ge=0, le=1, description="cosine schedules end each cycle at lr * min_lr_factor")
+    restart_steps: int = Field(0, ge=0, description="first cosine cycle in steps; 0 = all steps after the warm-up")
+    restart_mult: int = Field(1, ge=1, description="each cosine cycle is this many times longer than the previous")
+    clip_grad_norm: float = Field(0.0, ge=0, description="clip the gradient norm to this; 0 = off")
+    amp: Literal["auto", "off", "bf16", "fp16"] = Field(
+        "auto", description="mixed precision on CUDA (auto = bf16 where supported, else fp16); always off on CPU")
+    channels_last: bool = Field(True, description="channels_last_3d memory format on CUDA (ignored on CPU)")
+    checkpoint_every: int = Field(100, ge=0, description="resumable checkpoint every N steps; 0 = off")
+    keep_last: int = Field(2, ge=1, description="periodic checkpoints kept")
+    dist_timeout: int = Field(1800, ge=10, description="seconds a process waits for the others before failing")
 
 
 class PredictConfig(_Strict):
@@ -174,6 +189,8 @@ class SegmentConfig(_Strict):
         (-6, -6, 0), (0, -6, -6), (-6, 0, -6),
     ]
     attractive: int = Field(3, ge=3, le=3, description="the first 3 offsets (nearest neighbours) are attractive, the rest repulsive")
+    mws_source: Literal["embedding", "affinities"] = Field(
+        "embedding", description="Mutex Watershed on embedding affinities or on the affinity head's")
     strides: Triple = (1, 1, 1)
     randomize_strides: bool = False
     foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")
@@ -223,6 +240,8 @@ class Params(_Strict):
     def _affinity_source_needs_head(self) -> Params:
         if self.segment.agglomeration.source == "affinities" and not self.model.affinity_head:
             raise ValueError("segment.agglomeration.source 'affinities' needs model.affinity_head: true")
+        if self.segment.mws_source == "affinities" and not self.model.affinity_head:
+            raise ValueError("segment.mws_source 'affinities' needs model.affinity_head: true")
         return self
 
 

@@ -1,4 +1,10 @@
-"""train: prepared volumes + params -> the checkpoint with the best validation VI, tracked in MLflow."""
+"""train: prepared volumes + params -> the checkpoint with the best validation VI, tracked in MLflow.
+
+Runs alone or as one rank of a torchrun job (DistributedDataParallel). Rank 0 validates, keeps
+the best weights, writes the periodic checkpoints ``checkpoints/<stem>-step-NNNNNN.pt`` beside
+the output, the MLflow run and finally the output itself; a run interrupted at any point
+continues from its newest periodic checkpoint (see :mod:`melecole.resume`).
+"""
 
 from __future__ import annotations
 
@@ -9,20 +15,27 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
-from melecole.checkpoint import save_checkpoint
+from melecole import distributed, rng_state
+from melecole.checkpoint import (nonfinite_path, periodic_path, prune_checkpoints, remove_checkpoints,
+                                 save_checkpoint, save_state)
 from melecole.config import Params, params_as_dict
 from melecole.data.augment import build_augmenter, read_shape
 from melecole.data.normalize import normalize_raw
 from melecole.data.sampling import PatchSampler
+from melecole.distributed import DistContext
 from melecole.errors import MelecoleError
 from melecole.inference.volume import predict_volume
 from melecole.io import atomic_output, check_same_shape, read_volumes
 from melecole.losses import EmbeddingLoss, MultitaskLoss
 from melecole.models import build_model
+from melecole.progress import MetricBuffer, ProgressBar
+from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, fingerprint, for_other_ranks, restore
+from melecole.schedule import build_scheduler
 from melecole.stages.segment import score_on
 from melecole.tracking import Tracker
-from melecole.training import train_loop
+from melecole.training import NonFiniteLoss, StepOptions, TrainingResult, make_ema, train_loop
 
 
 def resolve_device(name: str) -> torch.device:
@@ -38,12 +51,26 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def seed_everything(seed: int) -> np.random.Generator:
-    """Seeds python, torch and returns the numpy Generator the data pipeline draws from."""
+def seed_everything(seed: int, rank: int = 0) -> np.random.Generator:
+    """Seeds python and torch; returns the numpy Generator of this rank's data pipeline.
+
+    Every rank draws different patches, reproducibly: its generator is seeded from
+    ``SeedSequence([seed, rank])``. Torch is seeded alike on all ranks, so the model starts the
+    same everywhere (DDP also copies rank 0's weights).
+    """
     random.seed(seed)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-    return np.random.default_rng(seed)
+    return np.random.default_rng(np.random.SeedSequence([seed, rank]))
+
+
+def amp_dtype(setting: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for ``train.amp`` on ``device``: None on the CPU and for ``off``."""
+    if device.type != "cuda" or setting == "off":
+        return None
+    if setting == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[setting]
 
 
 def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -81,62 +108,180 @@ def validation_scores(params: Params, model: torch.nn.Module, raw: np.ndarray, l
     return score_on(params.segment, predictions, labels, params.seed)
 
 
-def _progress(total: int):
-    def report(step: int, figures: dict) -> None:
-        print(f"step {step}/{total}  loss {figures['train_loss']:.4f}  "
-              f"{figures['patches_per_second']:.2f} patches/s", file=sys.stderr, flush=True)
-    return report
+def _build_model(params: Params, device: torch.device, ctx: DistContext) -> tuple[torch.nn.Module, list | None]:
+    cfg = params.train
+    model_args = params.model.model_dump(mode="json", exclude={"name", "affinity_head"})
+    offsets = [tuple(o) for o in params.segment.offsets] if params.model.affinity_head else None
+    model_args["affinity_channels"] = len(offsets) if offsets else 0
+    model = build_model(params.model.name, **model_args)
+    divisor = tuple(model.divisor)
+    for name, shape in (("train.patch", cfg.patch), ("predict.patch", params.predict.patch)):
+        if any(s % d for s, d in zip(shape, divisor)):
+            raise MelecoleError(f"{name} {tuple(shape)} must be divisible by the model's divisor {divisor}")
+    if params.model.norm == "batch" and ctx.distributed and device.type == "cuda":
+        # Batch statistics over the global batch; PyTorch's SyncBatchNorm runs on GPUs only, so
+        # on the CPU each rank normalises its own batch and DDP copies rank 0's running stats.
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = model.to(device)
+    if device.type == "cuda" and cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model, offsets
+
+
+def _parts(params: Params, model: torch.nn.Module, device: torch.device, rng: np.random.Generator,
+           ctx: DistContext) -> TrainingParts:
+    cfg = params.train
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = build_scheduler(optimizer, cfg.schedule, cfg.steps, cfg.warmup_steps, cfg.min_lr_factor,
+                                cfg.restart_steps, cfg.restart_mult)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg.amp, device) == torch.float16)
+    # Only rank 0 validates, so only it keeps the moving average.
+    ema = make_ema(model, cfg.ema_decay) if cfg.ema_decay > 0 and ctx.is_main else None
+    return TrainingParts(model, optimizer, scheduler, scaler, rng, ema)
+
+
+def _resume(parts: TrainingParts, ctx: DistContext, checkpoint: Path, current: dict, mode: ResumeMode,
+            best: dict) -> tuple[TrainingResult | None, str | None]:
+    """Rank 0 picks the state (or none) and shares it; every rank restores its part."""
+    state, note = find_resumable(checkpoint, current, mode) if ctx.is_main else (None, None)
+    shared = distributed.broadcast_object(for_other_ranks(state) if state is not None else None)
+    if ctx.is_main and note:
+        print(f"melecole train: {note}", file=sys.stderr, flush=True)
+    if shared is None:
+        return None, None
+    if ctx.is_main:
+        best.update(state["best"])
+        shared = state
+    return restore(parts, shared, ctx.rank), state.get("run_id") if ctx.is_main else None
+
+
+def _tracker(params: Params, params_dict: dict, ctx: DistContext, run_id: str | None, step: int) -> Tracker:
+    if not ctx.is_main or not params.tracking.enabled:
+        return Tracker(False)
+    if run_id:
+        tracker = Tracker.resume(run_id)
+        tracker.set_tags({"resumed_at_step": step})
+        return tracker
+    return Tracker.start(params.tracking.experiment, params_dict, run_name=f"{params.data.dataset}-{params.train.steps}steps")
 
 
 def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: str | Path,
-          run_file: str | Path | None = None) -> dict:
+          run_file: str | Path | None = None, resume: ResumeMode = "auto") -> dict | None:
     """Trains a model and writes the checkpoint with the best validation VI sum.
 
+    Alone or as one rank of a torchrun job; periodic checkpoints make it resumable (``resume``:
+    ``"auto"`` continues a compatible interrupted run, ``"always"`` insists, ``"never"`` starts
+    afresh).
+
     Returns:
-        a summary: best step, its validation metrics, wall time.
+        on rank 0, a summary: best step, its validation metrics, wall time, device, processes,
+        the step it resumed from; None on the other ranks.
     """
     cfg = params.train
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    rng = seed_everything(params.seed)
-    device = resolve_device(cfg.device)
+    ctx, device = distributed.init(resolve_device(cfg.device), cfg.dist_timeout)
+    try:
+        return _train(params, ctx, device, train_files, val_file, Path(checkpoint), run_file, resume)
+    finally:
+        distributed.teardown()
+
+
+def _train(params: Params, ctx: DistContext, device: torch.device, train_files: list[Path], val_file: Path,
+           checkpoint: Path, run_file: str | Path | None, resume: ResumeMode) -> dict | None:
+    cfg = params.train
+    rng = seed_everything(params.seed, ctx.rank)
     volumes = [load_labelled(path) for path in train_files]
     val_raw, val_labels = load_labelled(val_file)
     augment = cfg.augment
     sampler = PatchSampler(volumes, cfg.patch, rng, permute="none", flip=False, min_labelled=cfg.min_labelled,
                            augment=build_augmenter(augment, cfg.patch) if augment.enabled else None,
                            read=read_shape(augment, cfg.patch) if augment.enabled else None)
-    model_args = params.model.model_dump(mode="json", exclude={"name", "affinity_head"})
-    offsets = [tuple(o) for o in params.segment.offsets] if params.model.affinity_head else None
-    model_args["affinity_channels"] = len(offsets) if offsets else 0
-    model = build_model(params.model.name, **model_args).to(device)
-    divisor = tuple(model.divisor)
-    for name, shape in (("train.patch", cfg.patch), ("predict.patch", params.predict.patch)):
-        if any(s % d for s, d in zip(shape, divisor)):
-            raise MelecoleError(f"{name} {tuple(shape)} must be divisible by the model's divisor {divisor}")
+    model, offsets = _build_model(params, device, ctx)
+    parts = _parts(params, model, device, rng, ctx)
     loss = cfg.loss
     loss_fn = MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
                                           beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
                                           boundary_weight=loss.boundary_weight), loss.affinity_weight)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
     params_dict = params_as_dict(params)
-    tracker = Tracker.start(params.tracking.experiment, params_dict, enabled=params.tracking.enabled,
-                            run_name=f"{params.data.dataset}-{cfg.steps}steps")
+    current = fingerprint(params_dict, [*train_files, val_file], ctx.world_size)
     best: dict = {}
+    state, run_id = _resume(parts, ctx, checkpoint, current, resume, best)
+    resumed_from = state.step if state is not None else 0
+    network = model
+    if ctx.distributed:
+        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    options = StepOptions(accumulate=cfg.accumulate, amp_dtype=amp_dtype(cfg.amp, device),
+                          channels_last=device.type == "cuda" and cfg.channels_last, clip_grad_norm=cfg.clip_grad_norm,
+                          scheduler=parts.scheduler, scaler=parts.scaler, checkpoint_every=cfg.checkpoint_every)
+    tracker = _tracker(params, params_dict, ctx, run_id, resumed_from)
+    metrics = MetricBuffer(tracker.log_metrics, hold=cfg.checkpoint_every > 0)
 
-    def keep_best(step: int, metrics: dict, evaluated: torch.nn.Module) -> None:
-        best.update(step=step, metrics=dict(metrics), state=copy.deepcopy(evaluated.state_dict()))
+    def keep_best(step: int, scores: dict, evaluated: torch.nn.Module) -> None:
+        best.update(step=step, metrics=dict(scores), state=copy.deepcopy(evaluated.state_dict()))
 
+    def save_periodic(step: int, result: TrainingResult) -> None:
+        rngs = distributed.gather_objects(rng_state.capture(rng))
+        if ctx.is_main:
+            # Metrics first: a run killed after this checkpoint and resumed logs later steps once.
+            metrics.flush()
+            save_state(periodic_path(checkpoint, step), collect(parts, result, best, rngs, {
+                "kind": "periodic", "params": params_dict, "fingerprint": current, "run_id": tracker.run_id,
+                "model_name": params.model.name, "model_args": dict(model.constructor_args)}))
+            prune_checkpoints(checkpoint, cfg.keep_last)
+        distributed.barrier()
+
+    bar = ProgressBar(cfg.steps, resumed_from, enabled=ctx.is_main)
     try:
-        result = train_loop(model, loss_fn, sampler, optimizer, cfg.steps, cfg.batch_size, device,
+        result = train_loop(network, loss_fn, sampler, parts.optimizer, cfg.steps, cfg.batch_size, device,
                             cfg.log_every, cfg.val_every,
-                            lambda m: validation_scores(params, m, val_raw, val_labels),
-                            on_log=tracker.log_metrics, on_best=keep_best, progress=_progress(cfg.steps),
-                            ema_decay=cfg.ema_decay, offsets=offsets)
+                            (lambda m: validation_scores(params, m, val_raw, val_labels)) if ctx.is_main else None,
+                            on_log=metrics if ctx.is_main else None, on_best=keep_best, progress=bar,
+                            ema=parts.ema, offsets=offsets, options=options, state=state,
+                            on_checkpoint=save_periodic)
+    except NonFiniteLoss as error:
+        bar.close()
+        # Every rank stops at the same step (the loop agrees on it), so all can report here.
+        reports = distributed.gather_objects({"terms": error.terms, "raw": error.raw})
+        if ctx.is_main:
+            _diagnose(error, reports, parts, params_dict, checkpoint, params.model.name)
+            tracker.finish("FAILED")
+        raise
     except BaseException:
+        bar.close()
         tracker.finish("FAILED")
         raise
+    bar.close()
+    if not ctx.is_main:
+        return None
+    return _finish(params, model, best, result, tracker, metrics, checkpoint, run_file, val_raw, val_labels,
+                   device, ctx, resumed_from)
+
+
+def _diagnose(error: NonFiniteLoss, reports: list[dict], parts: TrainingParts, params_dict: dict, checkpoint: Path,
+              model_name: str) -> None:
+    """Rank 0 saves what produced a non-finite loss beside the output and names the file in the error.
+
+    ``reports`` holds every rank's loss terms and, on the ranks whose loss was not finite, their
+    patches; the weights and optimiser state are those before the step.
+    """
+    path = nonfinite_path(checkpoint, error.step)
+    save_state(path, {"kind": "nonfinite", "step": error.step, "ranks": reports,
+                      "model": {k: v.detach().cpu() for k, v in parts.model.state_dict().items()},
+                      "optimizer": parts.optimizer.state_dict(), "params": params_dict, "model_name": model_name,
+                      "model_args": dict(parts.model.constructor_args)})
+    message = error.args[0]
+    culprits = [rank for rank, report in enumerate(reports) if report["raw"] is not None]
+    if not error.here and culprits:
+        described = ", ".join(f"{k}={v:.4g}" for k, v in reports[culprits[0]]["terms"].items())
+        message = f"non-finite loss at step {error.step} on rank {culprits[0]} ({described}); training stopped"
+    error.args = (f"{message}; diagnostic checkpoint {path}",)
+
+
+def _finish(params: Params, model: torch.nn.Module, best: dict, result: TrainingResult, tracker: Tracker,
+            metrics: MetricBuffer, checkpoint: Path, run_file: str | Path | None, val_raw: np.ndarray,
+            val_labels: np.ndarray, device: torch.device, ctx: DistContext, resumed_from: int) -> dict:
+    """Rank 0 after the last step: calibrate on the best weights, write the output, close the run."""
     model.load_state_dict(best["state"])
     # The final score uses the predict stage's settings (test-time augmentation included), so the
     # threshold chosen here is the one that fits what `segment` will see.
@@ -145,12 +290,16 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
              "val_arand": final["arand"]}
     if "threshold" in final:
         extra["agglomeration_threshold"] = final["threshold"]
-    summary = {"best_step": best["step"], "val": final, "seconds": result.seconds, "device": str(device)}
-    save_checkpoint(checkpoint, model, params_dict, extra=extra)
+    summary = {"best_step": best["step"], "val": final, "seconds": result.seconds, "device": str(device),
+               "processes": ctx.world_size, "resumed_from_step": resumed_from}
+    save_checkpoint(checkpoint, model, params_as_dict(params), extra=extra)
+    metrics.flush()
     tracker.log_metrics({"best_step": best["step"], "train_seconds": result.seconds,
                          **{f"final_val_{k}": v for k, v in final.items()}})
     tracker.log_artifact(checkpoint, "checkpoint")
     if run_file is not None:
         with atomic_output(run_file) as tmp:
             tmp.write_text((tracker.run_id or "") + "\n")
+    # The run is complete; its periodic checkpoints would only make a forced re-run skip training.
+    remove_checkpoints(checkpoint)
     return summary
