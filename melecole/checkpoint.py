@@ -41,18 +41,24 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, params: dict, extr
         torch.save(state, tmp)
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Loads a checkpoint dictionary safely (``weights_only=True``) onto the CPU."""
+def _load_safely(path: str | Path, expected_format: str, what: str) -> dict:
+    """``torch.load(weights_only=True)`` onto the CPU, with one-line errors naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise MelecoleError(f"{path}: checkpoint not found")
+        raise MelecoleError(f"{path}: {what} not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise MelecoleError(f"{path}: not a readable melecole checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise MelecoleError(f"{path}: not a melecole checkpoint (format {state.get('format') if isinstance(state, dict) else None!r})")
+        raise MelecoleError(f"{path}: not a readable {what} ({type(error).__name__}: {error})") from None
+    found = state.get("format") if isinstance(state, dict) else None
+    if found != expected_format:
+        raise MelecoleError(f"{path}: not a {what} (format {found!r})")
     return state
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Loads a checkpoint dictionary safely (``weights_only=True``) onto the CPU."""
+    return _load_safely(path, FORMAT, "melecole checkpoint")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict, dict]:
@@ -82,14 +88,7 @@ def save_state(path: str | Path, state: dict) -> None:
 
 def read_state(path: str | Path) -> dict:
     """Loads a training state written by :func:`save_state` (``weights_only=True``, onto the CPU)."""
-    path = Path(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - torch raises many types for a bad file
-        raise MelecoleError(f"{path}: not a readable training state ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
-        raise MelecoleError(f"{path}: not a melecole training state")
-    return state
+    return _load_safely(path, STATE_FORMAT, "melecole training state")
 
 
 def checkpoint_folder(final: str | Path) -> Path:

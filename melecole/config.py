@@ -270,16 +270,20 @@ def params_from_dict(raw: dict, source: str = "params") -> Params:
         raise MelecoleError(_describe(error, source)) from None
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Reads and validates a params.yaml file (a missing file means all defaults is *not* assumed)."""
+def read_yaml(path: str | Path, what: str = "parameter file") -> object:
+    """Parses a YAML file (empty -> {}), with one-line errors naming the file."""
     path = Path(path)
     if not path.is_file():
-        raise MelecoleError(f"{path}: parameter file not found")
+        raise MelecoleError(f"{path}: {what} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as error:
         raise MelecoleError(f"{path}: not valid YAML ({error})") from None
-    return params_from_dict(raw, str(path))
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Reads and validates a params.yaml file (a missing file is an error, not all defaults)."""
+    return params_from_dict(read_yaml(path), str(path))
 
 
 def params_as_dict(params: Params) -> dict:

@@ -6,9 +6,7 @@ import copy
 import json
 from pathlib import Path
 
-import yaml
-
-from melecole.config import load_params, params_as_dict, params_from_dict
+from melecole.config import load_params, params_as_dict, params_from_dict, read_yaml
 from melecole.errors import MelecoleError
 
 
@@ -35,13 +33,7 @@ def merge(base: dict, overrides: dict) -> dict:
 
 def read_overrides(path: str | Path, params_path: str | Path = "params.yaml") -> dict:
     """Reads an experiment file and checks that it validates on top of ``params_path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise MelecoleError(f"{path}: experiment file not found")
-    try:
-        overrides = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise MelecoleError(f"{path}: not valid YAML ({error})") from None
+    overrides = read_yaml(path, "experiment file")
     if not isinstance(overrides, dict):
         raise MelecoleError(f"{path}: expected a mapping of parameter overrides")
     base = params_as_dict(load_params(params_path))
