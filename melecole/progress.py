@@ -17,8 +17,11 @@ class ProgressBar:
     """
 
     def __init__(self, total: int, initial: int = 0, enabled: bool = True, stream: TextIO | None = None):
-        self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True, mininterval=1.0,
-                         file=stream or sys.stderr, disable=not enabled, desc="train")
+        stream = stream or sys.stderr
+        # Redrawn every second on a terminal; in a log file (DVC, CI) one line every 30 seconds.
+        interactive = hasattr(stream, "isatty") and stream.isatty()
+        self._bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True,
+                         mininterval=1.0 if interactive else 30.0, file=stream, disable=not enabled, desc="train")
 
     def __call__(self, step: int, figures: Mapping[str, float] | None) -> None:
         self._bar.update(step - self._bar.n)
