@@ -64,6 +64,7 @@ class ModelConfig(_Strict):
     embedding_dim: int = Field(16, ge=1)
     norm: Literal["group", "batch", "instance", "none"] = "group"
     affinity_head: bool = Field(False, description="also predict affinities at segment.offsets directly (BCE)")
+    learnable_scale: bool = Field(False, description="multiply the embedding by a learned scalar exp(s), s from 0")
 
     @model_validator(mode="after")
     def _kernel_per_level(self) -> ModelConfig:
@@ -111,6 +112,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     loss: LossConfig = LossConfig()
     processes: int = Field(1, ge=1, description="DDP processes on this machine; > 1 re-launches under torchrun")
+    workers: int = Field(0, ge=0, description="DataLoader worker processes preparing patches; 0 = in the training process")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step (gradient accumulation)")
     schedule: Literal["constant", "cosine", "cosine_restarts"] = Field(
         "constant", description="learning-rate schedule after the warm-up")
@@ -135,6 +137,8 @@ class PredictConfig(_Strict):
     batch_size: int = Field(1, ge=1)
     augment: Literal["none", "flips", "permutations"] = Field(
         "none", description="test-time augmentation: average over 8 flips or 6 axis orders")
+    affinity: Literal["distance", "cosine"] = Field(
+        "distance", description="embedding affinities from the loss's distance and margin, or max(0, cosine)")
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:

@@ -19,6 +19,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from melecole import distributed
+from melecole.data.feed import LoaderFeed
 from melecole.data.sampling import PatchSampler
 from melecole.data.targets import affinities as affinity_targets
 from melecole.data.targets import boundary_map, patch_instances
@@ -104,15 +105,20 @@ class StepOptions:
     checkpoint_every: int = 0
 
 
-def make_batch(sampler: PatchSampler, batch_size: int, device: torch.device,
+def make_batch(sampler: PatchSampler | LoaderFeed, batch_size: int, device: torch.device,
                offsets: list[tuple[int, int, int]] | None = None) -> dict[str, torch.Tensor]:
     """Samples ``batch_size`` patches and computes their training targets.
+
+    A :class:`~melecole.data.feed.LoaderFeed` (loader workers) already delivers whole batches
+    with their targets, built the same way.
 
     Returns:
         raw (B, 1, Z, Y, X) float32, instances (B, Z, Y, X) int64 (0 = ignore),
         boundary (B, 1, Z, Y, X) float32 and, when ``offsets`` are given, affinities and
         affinity_mask (B, C, Z, Y, X) float32.
     """
+    if isinstance(sampler, LoaderFeed):
+        return sampler.next_batch(device)
     raws, instances, boundaries, affs, masks = [], [], [], [], []
     for _ in range(batch_size):
         raw, labels = sampler.sample()
@@ -157,7 +163,8 @@ def _check_finite(terms: dict[str, torch.Tensor], step: int, raw: torch.Tensor) 
                             raw.detach().cpu())
 
 
-def optimizer_step(model: torch.nn.Module, loss_fn: Callable[[dict, dict], dict], sampler: PatchSampler,
+def optimizer_step(model: torch.nn.Module, loss_fn: Callable[[dict, dict], dict],
+                   sampler: PatchSampler | LoaderFeed,
                    optimizer: torch.optim.Optimizer, batch_size: int, device: torch.device,
                    offsets: list[tuple[int, int, int]] | None, options: StepOptions,
                    step: int) -> tuple[dict[str, float], float, float]:
@@ -210,7 +217,7 @@ def optimizer_step(model: torch.nn.Module, loss_fn: Callable[[dict, dict], dict]
 def train_loop(
     model: torch.nn.Module,
     loss_fn: Callable[[dict, dict], dict],
-    sampler: PatchSampler,
+    sampler: PatchSampler | LoaderFeed,
     optimizer: torch.optim.Optimizer,
     steps: int,
     batch_size: int,

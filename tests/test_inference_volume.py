@@ -72,3 +72,13 @@ def test_augmentation_averages_the_boundary_over_axis_orders():
         expected = expected + 2 * (1 / (1 + np.exp(-grad * 4)))  # each axis first in 2 of the 6 orders
     np.testing.assert_allclose(averaged, expected / 6, atol=1e-5)
     assert not np.allclose(averaged, plain, atol=1e-3)
+
+
+def test_cosine_metric_gives_cosine_affinities():
+    raw = np.random.default_rng(3).normal(size=(5, 6, 7)).astype(np.float32)
+    out = predict_volume(_PointwiseModel(), raw, (4, 4, 4), (1, 1, 1), 2, [(0, 0, -1)], 1.5, "l2", "none", "cosine")
+    # Embedding (x, -x): every vector points along (1, -1) or (-1, 1), so cos is +1 or -1.
+    same_sign = np.sign(raw[:, :, 1:]) == np.sign(raw[:, :, :-1])
+    np.testing.assert_allclose(out["affinities"][0][:, :, 1:], same_sign.astype(np.float32), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown affinity metric"):
+        predict_volume(_PointwiseModel(), raw, (4, 4, 4), (1, 1, 1), 2, [(0, 0, -1)], 1.5, "l2", "none", "angle")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 
 import numpy as np
@@ -121,7 +122,7 @@ def test_constructor_args_rebuild_the_model_through_the_registry(tmp_path):
                    embedding_dim=6, norm="instance", affinity_channels=4)
     args = model.constructor_args
     assert set(args) == {"in_channels", "base_channels", "channel_factor", "downsample", "kernel",
-                         "embedding_dim", "norm", "affinity_channels"}
+                         "embedding_dim", "norm", "affinity_channels", "learnable_scale"}
     assert json.loads(json.dumps(args)) == args  # plain Python types only
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": "unet3d", "constructor_args": args, "state": model.state_dict()}, path)
@@ -148,3 +149,15 @@ def test_registry_rejects_unknown_and_duplicate_names():
     with pytest.raises(ValueError, match="already registered"):
         register_model("unet3d")(torch.nn.Identity)
     assert register_model("unet3d")(UNet3D) is UNet3D  # re-registering the same class is harmless
+
+
+def test_learnable_scale_multiplies_the_embedding_and_learns():
+    torch.manual_seed(0)
+    plain = UNet3D(base_channels=4, downsample=[[2, 2, 2]], embedding_dim=3)
+    scaled = UNet3D(base_channels=4, downsample=[[2, 2, 2]], embedding_dim=3, learnable_scale=True)
+    scaled.load_state_dict({**plain.state_dict(), "log_scale": torch.tensor(0.5)})
+    x = torch.randn(1, 1, 4, 8, 8)
+    torch.testing.assert_close(scaled(x)["embedding"], plain(x)["embedding"] * math.exp(0.5))
+    scaled(x)["embedding"].pow(2).mean().backward()
+    assert scaled.log_scale.grad is not None and scaled.log_scale.grad != 0
+    assert "log_scale" not in plain.state_dict()

@@ -29,7 +29,8 @@ def _start(tmp_path, params, data, out, store):
 
 
 @pytest.mark.slow
-def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, prepared):
+@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "loader-worker"])
+def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, prepared, workers):
     import mlflow
 
     params = tmp_path / "params.yaml"
@@ -37,6 +38,7 @@ def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, pr
     # after the last step, so the kept (best) weights are the final ones.
     params.write_text(yaml.safe_dump(tiny_params_dict(**{
         "train.steps": STEPS, "train.checkpoint_every": 5, "train.val_every": 1000, "train.threads": 1,
+        "train.workers": workers,
         "train.ema_decay": 0.5, "train.schedule": "cosine_restarts", "train.warmup_steps": 3,
         "train.restart_steps": 10, "tracking.enabled": True, "tracking.experiment": "resume"})))
     reference = _start(tmp_path, params, prepared, tmp_path / "reference" / "checkpoint.pt", "reference.db")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from melecole.inference.sliding_window import sliding_window_predict
-from melecole.segment.affinities import embedding_affinities
+from melecole.segment.affinities import cosine_affinities, embedding_affinities
 
 Transform = tuple[tuple[int, int, int], tuple[int, ...]]  # (axis order, flipped axes)
 
@@ -51,15 +51,19 @@ def model_device(model: torch.nn.Module) -> torch.device:
 
 def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, int, int],
                    overlap: tuple[int, int, int], batch_size: int, offsets: list[tuple[int, int, int]],
-                   delta_d: float, norm: str, augment: str = "none") -> dict[str, np.ndarray]:
+                   delta_d: float, norm: str, augment: str = "none",
+                   metric: str = "distance") -> dict[str, np.ndarray]:
     """Runs sliding-window inference over a normalised raw volume (Z, Y, X).
 
     Returns:
         embedding (E, Z, Y, X) of the untransformed volume, boundary (Z, Y, X) probabilities and
         affinities (C, Z, Y, X), all float32; affinities use the margin and norm the model was
-        trained with and, like the boundary, are averaged over the test-time augmentations.
+        trained with (``metric="cosine"``: max(0, cosine similarity) instead) and, like the
+        boundary, are averaged over the test-time augmentations.
         A model with an affinity head adds predicted_affinities (C, Z, Y, X) probabilities.
     """
+    if metric not in ("distance", "cosine"):
+        raise ValueError(f"unknown affinity metric '{metric}' (distance, cosine)")
     model.eval()
     device = model_device(model)
     transforms = augmentations(augment)
@@ -75,8 +79,9 @@ def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, in
                 predicted = (1.0 / (1.0 + np.exp(-outputs["affinities"]))).astype(np.float32)
         logits = _backward(outputs["boundary"], transform)[0]
         boundary = boundary + 1.0 / (1.0 + np.exp(-logits))
-        affinities = affinities + embedding_affinities(torch.from_numpy(emb).to(device), offsets,
-                                                       delta_d=delta_d, norm=norm)
+        tensor = torch.from_numpy(emb).to(device)
+        affinities = affinities + (cosine_affinities(tensor, offsets) if metric == "cosine" else
+                                   embedding_affinities(tensor, offsets, delta_d=delta_d, norm=norm))
     count = float(len(transforms))
     result = {"embedding": embedding, "boundary": (boundary / count).astype(np.float32),
               "affinities": (affinities / count).astype(np.float32)}

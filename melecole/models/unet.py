@@ -101,6 +101,7 @@ class UNet3D(nn.Module):
         norm: ``"group"`` (min(8, C) groups, reduced until they divide C), ``"batch"``,
             ``"instance"`` or ``"none"``.
         affinity_channels: channels of an optional direct affinity head (0 = none).
+        learnable_scale: multiply the embedding by ``exp(s)`` with a learned scalar ``s`` (from 0).
 
     Attributes:
         constructor_args: plain-Python keyword arguments (lists, ints, strs) that rebuild this
@@ -118,6 +119,7 @@ class UNet3D(nn.Module):
         embedding_dim: int = 16,
         norm: str = "group",
         affinity_channels: int = 0,
+        learnable_scale: bool = False,
     ) -> None:
         super().__init__()
         downsample = _as_triples(downsample, "downsample")
@@ -145,6 +147,7 @@ class UNet3D(nn.Module):
             "embedding_dim": int(embedding_dim),
             "norm": str(norm),
             "affinity_channels": int(affinity_channels),
+            "learnable_scale": bool(learnable_scale),
         }
         self._divisor = tuple(math.prod(step[axis] for step in downsample) for axis in range(3))
         self.in_channels = int(in_channels)
@@ -172,6 +175,9 @@ class UNet3D(nn.Module):
         self.boundary_head = nn.Conv3d(channels[0], 1, 1)
         # Optional direct affinity prediction (logits), one channel per segmentation offset.
         self.affinity_head = nn.Conv3d(channels[0], int(affinity_channels), 1) if affinity_channels > 0 else None
+        # The loss has fixed margins (delta_v, delta_d); a learned overall scale lets the network
+        # match them without distorting every weight of the embedding head.
+        self.log_scale = nn.Parameter(torch.zeros(())) if learnable_scale else None
 
     @property
     def divisor(self) -> tuple[int, int, int]:
@@ -210,7 +216,10 @@ class UNet3D(nn.Module):
                 x = self.pools[level](x)
         for upsample, decoder in zip(self.upsamplers, self.decoders):
             x = decoder(torch.cat([upsample(x), skips.pop()], dim=1))
-        outputs = {"embedding": self.embedding_head(x), "boundary": self.boundary_head(x)}
+        embedding = self.embedding_head(x)
+        if self.log_scale is not None:
+            embedding = embedding * self.log_scale.exp()
+        outputs = {"embedding": embedding, "boundary": self.boundary_head(x)}
         if self.affinity_head is not None:
             outputs["affinities"] = self.affinity_head(x)
         return outputs

@@ -31,7 +31,7 @@ def predict(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: s
     cfg = params.predict
     with torch.inference_mode():
         outputs = predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
-                                 loss["delta_d"], loss["norm"], cfg.augment)
+                                 loss["delta_d"], loss["norm"], cfg.augment, cfg.affinity)
     seconds = time.perf_counter() - start
     attrs = {"offsets": json.dumps([list(o) for o in params.segment.offsets]), "source": str(raw_spec),
              "checkpoint": str(checkpoint), "augment": cfg.augment}

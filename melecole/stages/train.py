@@ -23,6 +23,8 @@ from melecole.checkpoint import (nonfinite_path, periodic_path, prune_checkpoint
 from melecole.config import Params, params_as_dict
 from melecole.data.augment import build_augmenter, read_shape
 from melecole.data.normalize import normalize_raw
+from melecole.data.feed import LoaderFeed
+from melecole.data.loader import PatchStream
 from melecole.data.sampling import PatchSampler
 from melecole.distributed import DistContext
 from melecole.errors import MelecoleError
@@ -104,7 +106,7 @@ def validation_scores(params: Params, model: torch.nn.Module, raw: np.ndarray, l
     """
     loss, cfg = params.train.loss, params.predict
     predictions = predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
-                                 loss.delta_d, loss.norm, augment)
+                                 loss.delta_d, loss.norm, augment, cfg.affinity)
     return score_on(params.segment, predictions, labels, params.seed)
 
 
@@ -208,6 +210,13 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     best: dict = {}
     state, run_id = _resume(parts, ctx, checkpoint, current, resume, best)
     resumed_from = state.step if state is not None else 0
+    batches = sampler
+    if cfg.workers > 0:
+        rank_seed = int(np.random.SeedSequence([params.seed, ctx.rank]).generate_state(1)[0])
+        stream = PatchStream(volumes, cfg.patch, rank_seed, augment=augment, min_labelled=cfg.min_labelled,
+                             offsets=offsets)
+        batches = LoaderFeed(stream, cfg.batch_size, cfg.workers, cfg.checkpoint_every or None, resumed_from,
+                             cfg.accumulate)
     network = model
     if ctx.distributed:
         network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -233,7 +242,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
 
     bar = ProgressBar(cfg.steps, resumed_from, enabled=ctx.is_main)
     try:
-        result = train_loop(network, loss_fn, sampler, parts.optimizer, cfg.steps, cfg.batch_size, device,
+        result = train_loop(network, loss_fn, batches, parts.optimizer, cfg.steps, cfg.batch_size, device,
                             cfg.log_every, cfg.val_every,
                             (lambda m: validation_scores(params, m, val_raw, val_labels)) if ctx.is_main else None,
                             on_log=metrics if ctx.is_main else None, on_best=keep_best, progress=bar,
