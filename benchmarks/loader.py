@@ -24,6 +24,7 @@ sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from machine_load import load_report  # noqa: E402
 from melecole.data.augment import AugmentConfig, build_augmenter, read_shape  # noqa: E402
 from melecole.data.bundled import load_bundled  # noqa: E402
 from melecole.data.loader import PatchStream, make_loader, patch_targets  # noqa: E402
@@ -119,12 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
         results["loader_patches_per_second"]["1"] / results["train_step_patches_per_second"], 1)
     results["target_ratio"] = 3
     results["meets_target"] = results["ratio_1_worker_to_train_step"] >= 3
-    load_after = os.getloadavg()
-    results["load_average_1min"] = {"before": round(load_before[0], 2), "after": round(load_after[0], 2)}
-    if max(load_before[0], load_after[0]) >= 0.5 * cores:
-        results["note"] = (f"machine loaded (1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} "
-                           f"after, {cores} cores): other processes share the CPU, so both rates are low "
-                           "and the ratio is only indicative")
+    results.update(load_report(load_before, cores, "both rates are low and the ratio is only indicative"))
     print(json.dumps(results, indent=2))
     return results
 

@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # runnable from a checkout without installing
 
 import torch  # noqa: E402
+from machine_load import load_report  # noqa: E402
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -150,12 +151,8 @@ def main(argv: list[str] | None = None) -> dict:
                                         / settings["1_process"]["patches_per_second"], 3),
         "scaling_2_vs_1_process_1_thread": round(settings["2_processes"]["patches_per_second"]
                                                  / settings["1_process_1_thread"]["patches_per_second"], 3),
-        "load_average_1min": {"before": round(load_before[0], 2), "after": round(load_after[0], 2)},
     }
-    if max(load_before[0], load_after[0]) >= 0.5 * cores:
-        results["note"] = (f"machine loaded (1-min load average {load_before[0]:.2f} before, {load_after[0]:.2f} "
-                           f"after, {cores} cores): other processes share the CPU, so the rates are low and the "
-                           "scaling only indicative")
+    results.update(load_report(load_before, cores, "the rates are low and the scaling only indicative"))
     print(json.dumps(results, indent=2))
     return results
 
