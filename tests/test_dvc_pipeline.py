@@ -85,11 +85,16 @@ def test_repro_is_reproducible_and_experiments_are_compared(project):
     assert diff["vi_split"]["new"] == pytest.approx(metrics["vi_split"])
     assert diff["vi_split"]["old"] == pytest.approx(first["vi_split"])
 
+    # A retraining whose segmentation comes out byte-identical (only logging changed): DVC skips
+    # segment, but the new MLflow run must still receive its test metrics.
+    output = _sh(root, env, "dvc", "exp", "run", "-n", "chatty", "-S", "train.log_every=2")
+    assert "Stage 'segment' didn't change" in output and "Running stage 'evaluate'" in output
+
     client = mlflow.MlflowClient(tracking_uri=env["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("melecole")
     runs = client.search_runs([experiment.experiment_id])
-    assert len(runs) == 3
-    assert all("test_vi_split" in run.data.metrics for run in runs)
-    assert sorted(run.data.tags.get("dvc_experiment", "") for run in runs) == ["", "", "faster"]
+    assert len(runs) == 4
+    assert all("test_vi_split" in run.data.metrics and run.info.status == "FINISHED" for run in runs)
+    assert sorted(run.data.tags.get("dvc_experiment", "") for run in runs) == ["", "", "chatty", "faster"]
     commits = {run.data.tags["git_commit"] for run in runs}
-    assert len(commits) == 2  # the baseline commit, then the commit with the results
+    assert len(commits) == 2  # the baseline commit, then the commit with the results (experiments too)
