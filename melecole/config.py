@@ -95,6 +95,22 @@ class LossConfig(_Strict):
         return self
 
 
+class ContrastiveConfig(_Strict):
+    """Momentum-contrastive (MoCo) branch: two views per sample, voxel-level InfoNCE."""
+
+    mode: Literal["supervised", "pretrain", "joint"] = Field(
+        "supervised", description="supervised only | contrastive pre-training for pretrain_steps, then "
+                                  "supervised fine-tuning | joint (supervised + weight * contrastive)")
+    weight: float = Field(0.1, ge=0, description="weight of the contrastive term in joint mode")
+    pretrain_steps: int = Field(0, ge=0, description="contrastive-only steps before fine-tuning (pretrain mode)")
+    temperature: float = Field(0.1, gt=0)
+    queue_size: int = Field(4096, ge=1, description="negative keys kept from earlier batches")
+    momentum: float = Field(0.99, ge=0, lt=1, description="key network = momentum * key + (1 - momentum) * online")
+    projection_dim: int = Field(32, ge=1)
+    pairs: int = Field(256, ge=2, description="voxel pairs drawn per sample from the views' overlap")
+    max_offset: Triple = Field((8, 8, 8), description="largest shift between the two views, per axis")
+
+
 class TrainConfig(_Strict):
     """Optimisation, sampling and validation during training."""
 
@@ -111,6 +127,7 @@ class TrainConfig(_Strict):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 keeps torch's default")
     device: str = Field("auto", description="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     loss: LossConfig = LossConfig()
+    contrastive: ContrastiveConfig = ContrastiveConfig()
     processes: int = Field(1, ge=1, description="DDP processes on this machine; > 1 re-launches under torchrun")
     workers: int = Field(0, ge=0, description="DataLoader worker processes preparing patches; 0 = in the training process")
     accumulate: int = Field(1, ge=1, description="micro-batches per optimiser step (gradient accumulation)")
@@ -127,6 +144,20 @@ class TrainConfig(_Strict):
     checkpoint_every: int = Field(100, ge=0, description="resumable checkpoint every N steps; 0 = off")
     keep_last: int = Field(2, ge=1, description="periodic checkpoints kept")
     dist_timeout: int = Field(1800, ge=10, description="seconds a process waits for the others before failing")
+
+    @model_validator(mode="after")
+    def _contrastive_fits(self) -> TrainConfig:
+        c = self.contrastive
+        if c.mode == "supervised":
+            return self
+        if c.mode == "pretrain" and not 0 < c.pretrain_steps < self.steps:
+            raise ValueError(f"contrastive.pretrain_steps ({c.pretrain_steps}) must be above 0 and below "
+                             f"train.steps ({self.steps}) in pretrain mode")
+        if any(not 0 <= m < p for m, p in zip(c.max_offset, self.patch)):
+            raise ValueError(f"contrastive.max_offset {c.max_offset} must be at least 0 and below train.patch {self.patch}")
+        if self.workers > 0:
+            raise ValueError("contrastive training draws its views in the training process: set train.workers to 0")
+        return self
 
 
 class PredictConfig(_Strict):

@@ -180,3 +180,31 @@ def gather_objects(value: object) -> list:
     gathered: list = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, value)
     return gathered
+
+
+def rank() -> int:
+    """This process's rank; 0 without a process group."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def gather_tensors(tensor: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``tensor`` (same shape everywhere) concatenated along dim 0, in rank order.
+
+    No gradient flows through it; without a process group it is ``tensor`` itself.
+    """
+    if not _active():
+        return tensor
+    device = _tensor_device()
+    local = tensor.detach().to(device).contiguous()
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).to(tensor.device)
+
+
+def broadcast_tensor(tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Rank ``src``'s ``tensor`` on every rank (same shape and dtype everywhere)."""
+    if not _active():
+        return tensor
+    local = tensor.detach().to(_tensor_device()).contiguous()
+    dist.broadcast(local, src=src)
+    return local.to(tensor.device)

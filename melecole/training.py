@@ -20,10 +20,12 @@ from torch.nn.parallel import DistributedDataParallel
 
 from melecole import distributed
 from melecole.data.feed import LoaderFeed
+from melecole.data.pairs import ViewSampler, VoxelPairs
 from melecole.data.sampling import PatchSampler
 from melecole.data.targets import affinities as affinity_targets
 from melecole.data.targets import boundary_map, patch_instances
 from melecole.errors import MelecoleError
+from melecole.losses.objective import ContrastivePlan
 
 
 class NonFiniteLoss(MelecoleError):
@@ -94,6 +96,9 @@ class StepOptions:
         scheduler: stepped after every optimiser step.
         scaler: a ``GradScaler`` for float16; None otherwise.
         checkpoint_every: call ``on_checkpoint`` every this many steps and after the last; 0 = never.
+        contrastive: the contrastive phases (model = :class:`~melecole.models.moco.MoCo`, sampler
+            a :class:`~melecole.data.pairs.ViewSampler`, ``loss_fn(outputs, batch, step)``); None
+            for supervised training.
     """
 
     accumulate: int = 1
@@ -103,25 +108,37 @@ class StepOptions:
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None
     scaler: torch.amp.GradScaler | None = None
     checkpoint_every: int = 0
+    contrastive: ContrastivePlan | None = None
 
 
-def make_batch(sampler: PatchSampler | LoaderFeed, batch_size: int, device: torch.device,
+def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int, device: torch.device,
                offsets: list[tuple[int, int, int]] | None = None) -> dict[str, torch.Tensor]:
     """Samples ``batch_size`` patches and computes their training targets.
 
     A :class:`~melecole.data.feed.LoaderFeed` (loader workers) already delivers whole batches
-    with their targets, built the same way.
+    with their targets, built the same way. A :class:`~melecole.data.pairs.ViewSampler` gives
+    two views per sample: the targets are view a's, and the batch also carries view b and the
+    voxel pairs for the contrastive loss.
 
     Returns:
         raw (B, 1, Z, Y, X) float32, instances (B, Z, Y, X) int64 (0 = ignore),
         boundary (B, 1, Z, Y, X) float32 and, when ``offsets`` are given, affinities and
-        affinity_mask (B, C, Z, Y, X) float32.
+        affinity_mask (B, C, Z, Y, X) float32. From a ViewSampler also view (B, 1, Z, Y, X),
+        index / view_index (B, N) int64 flat voxel indices, pair_labels (B, N) int64 (one id per
+        neuron and sample, unique across the batch) and valid (B, N) bool.
     """
     if isinstance(sampler, LoaderFeed):
         return sampler.next_batch(device)
     raws, instances, boundaries, affs, masks = [], [], [], [], []
+    views, pair_sets = [], []
     for _ in range(batch_size):
-        raw, labels = sampler.sample()
+        if isinstance(sampler, ViewSampler):
+            pair, pairs = sampler.sample()
+            raw, labels = pair.raw[0], pair.labels[0]
+            views.append(pair.raw[1])
+            pair_sets.append(pairs)
+        else:
+            raw, labels = sampler.sample()
         raws.append(raw)
         instances.append(patch_instances(labels))
         boundaries.append(boundary_map(labels))
@@ -137,7 +154,23 @@ def make_batch(sampler: PatchSampler | LoaderFeed, batch_size: int, device: torc
     if offsets:
         batch["affinities"] = torch.from_numpy(np.stack(affs)).to(device)
         batch["affinity_mask"] = torch.from_numpy(np.stack(masks)).to(device)
+    if views:
+        batch.update(_pair_tensors(views, pair_sets, device))
     return batch
+
+
+def _pair_tensors(views: list[np.ndarray], pair_sets: list[VoxelPairs], device: torch.device) -> dict:
+    # One id per (sample, neuron): the same label id in two samples may be two different neurons.
+    labels = np.stack([pairs.labels for pairs in pair_sets])
+    ids = np.unique(labels, return_inverse=True)[1].reshape(labels.shape)
+    ids = ids + np.arange(len(pair_sets))[:, None] * (ids.max() + 1)
+    return {
+        "view": torch.from_numpy(np.stack(views)[:, None]).to(device),
+        "index": torch.from_numpy(np.stack([pairs.index_a for pairs in pair_sets])).to(device),
+        "view_index": torch.from_numpy(np.stack([pairs.index_b for pairs in pair_sets])).to(device),
+        "pair_labels": torch.from_numpy(ids.astype(np.int64)).to(device),
+        "valid": torch.from_numpy(np.stack([pairs.valid for pairs in pair_sets])).to(device),
+    }
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
@@ -187,10 +220,16 @@ def optimizer_step(model: torch.nn.Module, loss_fn: Callable[[dict, dict], dict]
             raw = raw.contiguous(memory_format=torch.channels_last_3d)
         # DDP all-reduces gradients only on the last micro-batch of a step.
         last = micro == options.accumulate - 1
+        plan = options.contrastive
+        contrast = plan is not None and plan.contrastive(step) and "view" in batch
         with contextlib.nullcontext() if last or not ddp else model.no_sync():
             with torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
-                outputs = model(raw)
-            terms = loss_fn({key: value.float() for key, value in outputs.items()}, batch)
+                if contrast:
+                    outputs = model(raw, batch["view"], batch["index"], batch["view_index"], batch["valid"])
+                else:
+                    outputs = model(raw)
+            outputs = {key: value.float() for key, value in outputs.items()}
+            terms = loss_fn(outputs, batch, step) if plan is not None else loss_fn(outputs, batch)
             _check_finite(terms, step, batch["raw"])
             loss = terms["loss"] / options.accumulate if options.accumulate > 1 else terms["loss"]
             (options.scaler.scale(loss) if options.scaler is not None else loss).backward()

@@ -29,8 +29,13 @@ def _start(tmp_path, params, data, out, store):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 1], ids=["in-process", "loader-worker"])
-def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, prepared, workers):
+@pytest.mark.parametrize("variant", [
+    {"train.workers": 0},
+    {"train.workers": 1},
+    # The MoCo queue, momentum network and view sampling resume exactly too.
+    {"train.workers": 0, "train.contrastive": {"mode": "joint", "pairs": 16, "max_offset": [0, 4, 4], "queue_size": 40}},
+], ids=["in-process", "loader-worker", "contrastive"])
+def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, prepared, variant):
     import mlflow
 
     params = tmp_path / "params.yaml"
@@ -38,7 +43,7 @@ def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, pr
     # after the last step, so the kept (best) weights are the final ones.
     params.write_text(yaml.safe_dump(tiny_params_dict(**{
         "train.steps": STEPS, "train.checkpoint_every": 5, "train.val_every": 1000, "train.threads": 1,
-        "train.workers": workers,
+        **variant,
         "train.ema_decay": 0.5, "train.schedule": "cosine_restarts", "train.warmup_steps": 3,
         "train.restart_steps": 10, "tracking.enabled": True, "tracking.experiment": "resume"})))
     reference = _start(tmp_path, params, prepared, tmp_path / "reference" / "checkpoint.pt", "reference.db")

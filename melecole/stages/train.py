@@ -9,8 +9,10 @@ continues from its newest periodic checkpoint (see :mod:`melecole.resume`).
 from __future__ import annotations
 
 import copy
+import json
 import random
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,13 +27,17 @@ from melecole.data.augment import build_augmenter, read_shape
 from melecole.data.normalize import normalize_raw
 from melecole.data.feed import LoaderFeed
 from melecole.data.loader import PatchStream
+from melecole.data.pairs import ViewSampler
 from melecole.data.sampling import PatchSampler
+from melecole.data.views import views_read_shape
 from melecole.distributed import DistContext
 from melecole.errors import MelecoleError
 from melecole.inference.volume import predict_volume
 from melecole.io import atomic_output, check_same_shape, read_volumes
 from melecole.losses import EmbeddingLoss, MultitaskLoss
+from melecole.losses.objective import ContrastiveObjective, ContrastivePlan
 from melecole.models import build_model
+from melecole.models.moco import MoCo
 from melecole.progress import MetricBuffer, ProgressBar
 from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, fingerprint, for_other_ranks, restore
 from melecole.schedule import build_scheduler
@@ -110,6 +116,28 @@ def validation_scores(params: Params, model: torch.nn.Module, raw: np.ndarray, l
     return score_on(params.segment, predictions, labels, params.seed)
 
 
+def segmentation_network(model: torch.nn.Module) -> torch.nn.Module:
+    """The network that segments: a MoCo wrapper's online encoder (its momentum copy and queue
+    serve training only), or the model itself."""
+    return model.encoder if isinstance(model, MoCo) else model
+
+
+def _sampler(params: Params, volumes: list[tuple[np.ndarray, np.ndarray]],
+             rng: np.random.Generator) -> PatchSampler | ViewSampler:
+    """Augmented patches; for contrastive training, two views of each region with voxel pairs."""
+    cfg, augment = params.train, params.train.augment
+    augmenter = build_augmenter(augment, cfg.patch) if augment.enabled else None
+    contrastive = cfg.contrastive
+    if contrastive.mode == "supervised":
+        return PatchSampler(volumes, cfg.patch, rng, permute="none", flip=False, min_labelled=cfg.min_labelled,
+                            augment=augmenter, read=read_shape(augment, cfg.patch) if augmenter else None)
+    region = views_read_shape(cfg.patch, contrastive.max_offset)
+    return ViewSampler(volumes, cfg.patch, contrastive.max_offset, contrastive.pairs, rng,
+                       geometry=augmenter.geometry if augmenter else None,
+                       read=read_shape(augment, region) if augmenter else None,
+                       intensity=augmenter.intensity if augmenter else None, min_labelled=cfg.min_labelled)
+
+
 def _build_model(params: Params, device: torch.device, ctx: DistContext) -> tuple[torch.nn.Module, list | None]:
     cfg = params.train
     model_args = params.model.model_dump(mode="json", exclude={"name", "affinity_head"})
@@ -133,7 +161,9 @@ def _build_model(params: Params, device: torch.device, ctx: DistContext) -> tupl
 def _parts(params: Params, model: torch.nn.Module, device: torch.device, rng: np.random.Generator,
            ctx: DistContext) -> TrainingParts:
     cfg = params.train
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # A MoCo wrapper's momentum network is never trained by gradients.
+    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = build_scheduler(optimizer, cfg.schedule, cfg.steps, cfg.warmup_steps, cfg.min_lr_factor,
                                 cfg.restart_steps, cfg.restart_mult)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype(cfg.amp, device) == torch.float16)
@@ -168,12 +198,15 @@ def _tracker(params: Params, params_dict: dict, ctx: DistContext, run_id: str | 
 
 
 def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: str | Path,
-          run_file: str | Path | None = None, resume: ResumeMode = "auto") -> dict | None:
+          run_file: str | Path | None = None, resume: ResumeMode = "auto",
+          validation_log: str | Path | None = None) -> dict | None:
     """Trains a model and writes the checkpoint with the best validation VI sum.
 
     Alone or as one rank of a torchrun job; periodic checkpoints make it resumable (``resume``:
     ``"auto"`` continues a compatible interrupted run, ``"always"`` insists, ``"never"`` starts
-    afresh).
+    afresh). With ``validation_log``, rank 0 appends one JSON line per validation (``step`` and
+    the validation metrics) as soon as it is scored, for a watcher such as a hyper-parameter
+    search that stops unpromising runs.
 
     Returns:
         on rank 0, a summary: best step, its validation metrics, wall time, device, processes,
@@ -184,27 +217,34 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
         torch.set_num_threads(cfg.threads)
     ctx, device = distributed.init(resolve_device(cfg.device), cfg.dist_timeout)
     try:
-        return _train(params, ctx, device, train_files, val_file, Path(checkpoint), run_file, resume)
+        return _train(params, ctx, device, train_files, val_file, Path(checkpoint), run_file, resume, validation_log)
     finally:
         distributed.teardown()
 
 
 def _train(params: Params, ctx: DistContext, device: torch.device, train_files: list[Path], val_file: Path,
-           checkpoint: Path, run_file: str | Path | None, resume: ResumeMode) -> dict | None:
+           checkpoint: Path, run_file: str | Path | None, resume: ResumeMode,
+           validation_log: str | Path | None = None) -> dict | None:
     cfg = params.train
     rng = seed_everything(params.seed, ctx.rank)
     volumes = [load_labelled(path) for path in train_files]
     val_raw, val_labels = load_labelled(val_file)
-    augment = cfg.augment
-    sampler = PatchSampler(volumes, cfg.patch, rng, permute="none", flip=False, min_labelled=cfg.min_labelled,
-                           augment=build_augmenter(augment, cfg.patch) if augment.enabled else None,
-                           read=read_shape(augment, cfg.patch) if augment.enabled else None)
+    sampler = _sampler(params, volumes, rng)
     model, offsets = _build_model(params, device, ctx)
-    parts = _parts(params, model, device, rng, ctx)
+    contrastive = cfg.contrastive
+    plan = None
+    trained = model
+    if contrastive.mode != "supervised":
+        plan = ContrastivePlan(contrastive.mode, contrastive.weight, contrastive.pretrain_steps)
+        trained = MoCo(model, params.model.embedding_dim, contrastive.projection_dim, contrastive.queue_size,
+                       contrastive.momentum).to(device)
+    parts = _parts(params, trained, device, rng, ctx)
     loss = cfg.loss
     loss_fn = MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
                                           beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
                                           boundary_weight=loss.boundary_weight), loss.affinity_weight)
+    if plan is not None:
+        loss_fn = ContrastiveObjective(loss_fn, contrastive.temperature, plan)
     params_dict = params_as_dict(params)
     current = fingerprint(params_dict, [*train_files, val_file], ctx.world_size)
     best: dict = {}
@@ -217,17 +257,21 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
                              offsets=offsets)
         batches = LoaderFeed(stream, cfg.batch_size, cfg.workers, cfg.checkpoint_every or None, resumed_from,
                              cfg.accumulate)
-    network = model
+    network = trained
     if ctx.distributed:
-        network = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # After contrastive pre-training the projection head takes no part any more.
+        network = DistributedDataParallel(trained, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=contrastive.mode == "pretrain")
     options = StepOptions(accumulate=cfg.accumulate, amp_dtype=amp_dtype(cfg.amp, device),
                           channels_last=device.type == "cuda" and cfg.channels_last, clip_grad_norm=cfg.clip_grad_norm,
-                          scheduler=parts.scheduler, scaler=parts.scaler, checkpoint_every=cfg.checkpoint_every)
+                          scheduler=parts.scheduler, scaler=parts.scaler, checkpoint_every=cfg.checkpoint_every,
+                          contrastive=plan)
     tracker = _tracker(params, params_dict, ctx, run_id, resumed_from)
     metrics = MetricBuffer(tracker.log_metrics, hold=cfg.checkpoint_every > 0)
+    on_log = _with_validation_log(metrics, validation_log) if ctx.is_main else None
 
     def keep_best(step: int, scores: dict, evaluated: torch.nn.Module) -> None:
-        best.update(step=step, metrics=dict(scores), state=copy.deepcopy(evaluated.state_dict()))
+        best.update(step=step, metrics=dict(scores), state=copy.deepcopy(segmentation_network(evaluated).state_dict()))
 
     def save_periodic(step: int, result: TrainingResult) -> None:
         rngs = distributed.gather_objects(rng_state.capture(rng))
@@ -244,8 +288,9 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     try:
         result = train_loop(network, loss_fn, batches, parts.optimizer, cfg.steps, cfg.batch_size, device,
                             cfg.log_every, cfg.val_every,
-                            (lambda m: validation_scores(params, m, val_raw, val_labels)) if ctx.is_main else None,
-                            on_log=metrics if ctx.is_main else None, on_best=keep_best, progress=bar,
+                            (lambda m: validation_scores(params, segmentation_network(m), val_raw, val_labels))
+                            if ctx.is_main else None,
+                            on_log=on_log, on_best=keep_best, progress=bar,
                             ema=parts.ema, offsets=offsets, options=options, state=state,
                             on_checkpoint=save_periodic)
     except NonFiniteLoss as error:
@@ -267,6 +312,22 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
                    device, ctx, resumed_from)
 
 
+def _with_validation_log(sink: Callable[[dict, int], None],
+                         path: str | Path | None) -> Callable[[dict, int], None]:
+    """``sink``, plus one JSON line in ``path`` per validation (metrics named ``val_*``)."""
+    if path is None:
+        return sink
+
+    def log(figures: dict, step: int) -> None:
+        sink(figures, step)
+        scores = {key[len("val_"):]: float(value) for key, value in figures.items() if key.startswith("val_")}
+        if scores:
+            with open(path, "a") as handle:
+                handle.write(json.dumps({"step": step, **scores}) + "\n")
+
+    return log
+
+
 def _diagnose(error: NonFiniteLoss, reports: list[dict], parts: TrainingParts, params_dict: dict, checkpoint: Path,
               model_name: str) -> None:
     """Rank 0 saves what produced a non-finite loss beside the output and names the file in the error.
@@ -278,7 +339,7 @@ def _diagnose(error: NonFiniteLoss, reports: list[dict], parts: TrainingParts, p
     save_state(path, {"kind": "nonfinite", "step": error.step, "ranks": reports,
                       "model": {k: v.detach().cpu() for k, v in parts.model.state_dict().items()},
                       "optimizer": parts.optimizer.state_dict(), "params": params_dict, "model_name": model_name,
-                      "model_args": dict(parts.model.constructor_args)})
+                      "model_args": dict(getattr(parts.model, "encoder", parts.model).constructor_args)})
     message = error.args[0]
     culprits = [rank for rank, report in enumerate(reports) if report["raw"] is not None]
     if not error.here and culprits:
