@@ -226,6 +226,10 @@ class SegmentConfig(_Strict):
     attractive: int = Field(3, ge=3, le=3, description="the first 3 offsets (nearest neighbours) are attractive, the rest repulsive")
     mws_source: Literal["embedding", "affinities"] = Field(
         "embedding", description="Mutex Watershed on embedding affinities or on the affinity head's")
+    mws_seeds: Literal["none", "boundary"] = Field(
+        "none", description="seed the Mutex Watershed with the connected cores of the boundary map's interior")
+    seed_distance: float = Field(3.0, ge=0, description="cores: voxels at least this far from boundary "
+                                                        "(prob >= watershed.threshold)")
     strides: Triple = (1, 1, 1)
     randomize_strides: bool = False
     foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")

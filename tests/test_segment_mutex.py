@@ -162,3 +162,44 @@ def test_bad_arguments_are_rejected(kwargs: dict, message: str) -> None:
 def test_affinities_outside_unit_interval_are_rejected() -> None:
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         mutex_watershed(np.full((len(OFFSETS), 2, 3, 3), 1.5, np.float32), OFFSETS)
+
+
+def test_seeds_keep_two_objects_apart_that_affinities_would_merge_and_hold_each_seed_together() -> None:
+    gt = _blocks()
+    affs = _perfect_affinities(gt, OFFSETS)
+    affs[:, :2] = 1.0  # z < 2: nothing separates objects 1 and 2 any more
+    assert len(np.unique(mutex_watershed(affs, OFFSETS, strides=(1, 1, 1)))) == 2
+    seeds = np.zeros(gt.shape, dtype=np.int64)
+    seeds[0, 0, 0] = 40  # inside object 1
+    seeds[1, 5, 6] = 7  # inside object 2
+    seeded = mutex_watershed(affs, OFFSETS, strides=(1, 1, 1), seeds=seeds)
+    assert seeded[0, 0, 0] != seeded[1, 5, 6]
+    np.testing.assert_array_equal(np.unique(seeded), np.arange(1, len(np.unique(seeded)) + 1))
+    # A seed spanning two objects joins them even where every affinity says cut.
+    perfect = _perfect_affinities(gt, OFFSETS)
+    across = np.zeros(gt.shape, dtype=np.int64)
+    across[0, 0, 0] = across[0, 0, 6] = 3
+    joined = mutex_watershed(perfect, OFFSETS, strides=(1, 1, 1), seeds=across)
+    assert joined[0, 0, 0] == joined[0, 0, 6]
+
+
+@pytest.mark.parametrize(("noise", "seed"), [(0.25, 4), (0.4, 5)])
+def test_an_empty_seed_volume_gives_the_unseeded_partition(noise: float, seed: int) -> None:
+    gt = _blocks()
+    rng = np.random.default_rng(seed)
+    affs = np.clip(0.15 + 0.7 * _perfect_affinities(gt, OFFSETS) + rng.normal(scale=noise, size=(len(OFFSETS),) + gt.shape),
+                   0.01, 0.99).astype(np.float32)
+    mask = np.ones(gt.shape, dtype=bool)
+    mask[3, 0, :] = False
+    for kwargs in ({}, {"mask": mask}, {"strides": (1, 2, 2)}):
+        plain = mutex_watershed(affs, OFFSETS, **{"strides": (1, 1, 1), **kwargs})
+        seeded = mutex_watershed(affs, OFFSETS, **{"strides": (1, 1, 1), **kwargs}, seeds=np.zeros(gt.shape, np.uint64))
+        assert _same_partition(plain, seeded)
+        if "mask" in kwargs:
+            assert (seeded[~mask] == 0).all() and (seeded[mask] > 0).all()
+
+
+def test_seeds_of_the_wrong_shape_are_rejected() -> None:
+    gt = _blocks()
+    with pytest.raises(ValueError, match="seeds"):
+        mutex_watershed(_perfect_affinities(gt, OFFSETS), OFFSETS, seeds=np.zeros((2, 2, 2), np.int64))

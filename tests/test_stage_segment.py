@@ -89,3 +89,20 @@ def test_segment_stage_writes_method_and_baselines(tmp_path):
     with pytest.raises(MelecoleError, match="predict again"):
         segment(config, tmp_path / "other.h5", tmp_path / "seg2.h5")
     assert not (tmp_path / "seg2.h5").exists()
+
+
+def test_boundary_seeds_keep_the_mutex_watershed_from_merging_what_the_boundary_separates():
+    from tests.test_segment_mutex import _perfect_affinities
+
+    _, labels = blocks_volume(shape=(16, 16, 16), block=8)
+    _, boundary = _perfect_predictions(labels)
+    config = _config(**{"segment.min_size": 0})
+    affinities = _perfect_affinities(labels, config.offsets)
+    affinities[3:] = 0.5  # long-range edges say nothing
+    affinities[2, 2:6, 2:6, 8] = 1.0  # a leak through the wall at x = 8 (channel (0, 0, -1))
+    predictions = {"affinities": affinities, "boundary": boundary}
+    unseeded = run_method("mws", config, predictions, threshold=None)
+    seeded = run_method("mws", _config(**{"segment.mws_seeds": "boundary", "segment.seed_distance": 2.0,
+                                          "segment.min_size": 0}), predictions, threshold=None)
+    assert evaluate_segmentation(unseeded, labels)["vi_merge"] > 0.2  # two blocks joined
+    assert evaluate_segmentation(seeded, labels)["vi_merge"] == pytest.approx(0, abs=1e-9)

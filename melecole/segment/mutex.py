@@ -10,6 +10,10 @@ Conventions, ours and the library's:
 - elf's ``mutex_watershed`` wants every channel as a cut probability (1 - affinity): it turns the
   first ``ndim`` channels back into merge weights and uses the rest as repulsion strengths, with
   exactly ``ndim`` attractive channels. Passing affinities unchanged over-segments.
+- with seeds, the Rust implementation ``mwatershed`` runs instead (elf's seeded variant adds one
+  Python-built mutex edge per pair of seeds, quadratic in their number). It takes signed weights:
+  ``+affinity`` for attractive edges, ``-(1 - affinity)`` for repulsive ones, processed by
+  decreasing magnitude; tests check both libraries agree without seeds.
 
 The Mutex Watershed processes all edges in one descending order of weight (merge weight =
 affinity, repulsion weight = 1 - affinity): an attractive edge joins two clusters unless a mutex
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import mwatershed
 import numpy as np
 from elf.segmentation.mutex_watershed import mutex_watershed as _elf_mutex_watershed
 
@@ -53,6 +58,7 @@ def mutex_watershed(
     randomize_strides: bool = False,
     mask: np.ndarray | None = None,
     seed: int = 0,
+    seeds: np.ndarray | None = None,
 ) -> np.ndarray:
     """Segments a volume from affinities with the Mutex Watershed.
 
@@ -69,6 +75,8 @@ def mutex_watershed(
         mask: optional bool ``(Z, Y, X)``; voxels where it is False get label 0 and their edges
             are ignored.
         seed: seed of the random stride choice (unused without ``randomize_strides``).
+        seeds: optional integer ``(Z, Y, X)`` seed ids, 0 = no seed: voxels of one seed end in
+            one segment, and two seeds never share one.
 
     Returns:
         uint64 ``(Z, Y, X)`` segmentation, consecutive ids from 1; 0 only where ``mask`` is False.
@@ -99,6 +107,10 @@ def mutex_watershed(
         mask = np.asarray(mask, dtype=bool)
         if mask.shape != shape:
             raise ValueError(f"mask {mask.shape} and affinities {affinities.shape} differ in (Z, Y, X)")
+    if seeds is not None:
+        seeds = np.asarray(seeds)
+        if seeds.shape != shape or not np.issubdtype(seeds.dtype, np.integer):
+            raise ValueError(f"seeds {seeds.shape} ({seeds.dtype}) must be integer ids over the affinities' {shape}")
     if np.isnan(affinities).any():
         raise ValueError(f"affinities {affinities.shape} contain NaN")
     if affinities.size and not (affinities.min() >= 0.0 and affinities.max() <= 1.0):
@@ -109,6 +121,37 @@ def mutex_watershed(
         rng = np.random.default_rng(seed)
         keep = _stride_keep(cut[attractive:].shape, strides, randomize_strides, rng)
         cut[attractive:][~keep] = _DROPPED
-    segmentation = _elf_mutex_watershed(cut, offsets, strides=[1] * ndim, mask=mask)
+    if seeds is not None:
+        segmentation = _seeded(cut, offsets, attractive, mask, seeds)
+    else:
+        segmentation = _elf_mutex_watershed(cut, offsets, strides=[1] * ndim, mask=mask)
     # The library zeroes masked voxels after labelling them, which can leave gaps in the ids.
     return relabel_consecutive(segmentation)
+
+
+def _seeded(cut: np.ndarray, offsets: list[list[int]], attractive: int, mask: np.ndarray | None,
+            seeds: np.ndarray) -> np.ndarray:
+    """The seeded Mutex Watershed (mwatershed) on cut probabilities; dropped edges stay dropped."""
+    signed = np.empty(cut.shape, dtype=np.float64)  # (C, Z, Y, X)
+    signed[:attractive] = 1.0 - cut[:attractive]
+    repulsive = cut[attractive:]
+    # A dropped repulsive edge (stride) gets the smallest magnitude: processed after every merge.
+    signed[attractive:] = np.where(repulsive == _DROPPED, -1e-12, -repulsive)
+    if mask is not None:
+        # Masked voxels: no merge at all, so each stays alone and is zeroed below.
+        outside = ~mask
+        for channel, offset in enumerate(offsets):
+            partner = np.zeros_like(outside)
+            src = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(outside.shape, offset))
+            dst = tuple(slice(max(0, d), n - max(0, -d)) for n, d in zip(outside.shape, offset))
+            partner[src] = outside[dst]
+            touching = outside | partner
+            signed[channel][touching] = -1e-12
+    # mwatershed keeps seed ids as they are; shift them above any id it may create.
+    ids = np.unique(seeds[seeds != 0])
+    compact = np.zeros(seeds.shape, dtype=np.uint64)
+    compact[seeds != 0] = np.searchsorted(ids, seeds[seeds != 0]) + 1
+    segmentation = np.asarray(mwatershed.agglom(signed, offsets, seeds=compact)).astype(np.uint64)
+    if mask is not None:
+        segmentation[~mask] = 0
+    return segmentation

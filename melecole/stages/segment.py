@@ -4,8 +4,9 @@ Methods:
 - ``agglomeration``: fragments and hierarchical agglomeration of nearest-neighbour affinities
   (from the boundary head, or the embedding), merged up to a threshold chosen on the
   validation volume at the end of training.
-- ``mws``: the Mutex Watershed on the embedding affinities at all offsets, then small segments
-  merged into their largest-contact neighbour.
+- ``mws``: the Mutex Watershed on the embedding affinities at all offsets (optionally seeded
+  with the cores of the boundary map's interior), then small segments merged into their
+  largest-contact neighbour.
 - ``watershed``: the seeded watershed on the boundary map (classical baseline).
 """
 
@@ -25,6 +26,7 @@ from melecole.io import VolumeSpec, read_volume, write_volumes
 from melecole.segment.agglomerate import agglomerate, boundary_affinities
 from melecole.segment.mutex import mutex_watershed
 from melecole.segment.postprocess import merge_small_segments
+from melecole.segment.seeds import boundary_seeds
 from melecole.segment.watershed import boundary_watershed
 
 
@@ -62,9 +64,11 @@ def run_method(method: str, config: SegmentConfig, predictions: Predictions, thr
         mask = boundary < config.foreground_threshold if config.foreground_threshold < 1.0 else None
         affinities = (predictions["affinities"] if config.mws_source == "embedding"
                       else _predicted(predictions, "segment.mws_source"))
+        seeds = (boundary_seeds(boundary, config.watershed.threshold, config.seed_distance)
+                 if config.mws_seeds == "boundary" else None)
         segmentation = mutex_watershed(affinities, config.offsets, attractive=config.attractive,
                                        strides=config.strides, randomize_strides=config.randomize_strides,
-                                       mask=mask, seed=seed)
+                                       mask=mask, seed=seed, seeds=seeds)
         return merge_small_segments(segmentation, config.min_size)
     if method == "watershed":
         ws = config.watershed
