@@ -82,3 +82,55 @@ def test_cosine_metric_gives_cosine_affinities():
     np.testing.assert_allclose(out["affinities"][0][:, :, 1:], same_sign.astype(np.float32), atol=1e-5)
     with pytest.raises(ValueError, match="unknown affinity metric"):
         predict_volume(_PointwiseModel(), raw, (4, 4, 4), (1, 1, 1), 2, [(0, 0, -1)], 1.5, "l2", "none", "angle")
+
+
+OFFSETS = [(-1, 0, 0), (0, -1, 0), (0, 0, -1), (-2, 0, 0), (0, -2, 0), (0, 0, -2), (-2, -2, 0), (0, -2, -2),
+           (-2, 0, -2)]
+
+
+class _PairModel(_PointwiseModel):
+    """Affinity logits from the intensities of each voxel pair: exact affinities in any frame."""
+
+    def forward(self, x):
+        out = super().forward(x)
+        channels = []
+        for offset in OFFSETS:
+            partner = torch.zeros_like(x)
+            src = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(x.shape[2:], offset))
+            dst = tuple(slice(max(0, d), n - max(0, -d)) for n, d in zip(x.shape[2:], offset))
+            partner[(..., *src)] = x[(..., *dst)]
+            channels.append(-(x - partner).abs() * 3)
+        out["affinities"] = torch.cat(channels, 1)
+        return out
+
+
+@pytest.mark.parametrize("augment", ["flips", "permutations"])
+def test_predicted_affinities_are_remapped_to_their_channels_under_every_transform(augment):
+    raw = np.random.default_rng(4).normal(size=(6, 6, 6)).astype(np.float32)
+    plain = predict_volume(_PairModel(), raw, (6, 6, 6), (1, 1, 1), 1, OFFSETS, 1.5, "l2", "none")
+    augmented = predict_volume(_PairModel(), raw, (6, 6, 6), (1, 1, 1), 1, OFFSETS, 1.5, "l2", augment)
+    # Wherever the partner voxel is inside the volume every vote is the same exact affinity.
+    for channel, offset in enumerate(OFFSETS):
+        inside = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(raw.shape, offset))
+        np.testing.assert_allclose(augmented["predicted_affinities"][(channel, *inside)],
+                                   plain["predicted_affinities"][(channel, *inside)], atol=1e-6)
+
+
+def test_a_biased_affinity_head_is_averaged_over_the_axis_orders():
+    class _ZBiased(_PairModel):
+        def forward(self, x):
+            out = super().forward(x)
+            out["affinities"][:, 0] += 2.0  # a head that over-trusts the first axis of its input
+            return out
+
+    raw = np.random.default_rng(5).normal(size=(6, 6, 6)).astype(np.float32)
+    exact = predict_volume(_PairModel(), raw, (6, 6, 6), (1, 1, 1), 1, OFFSETS, 1.5, "l2", "none")
+    plain = predict_volume(_ZBiased(), raw, (6, 6, 6), (1, 1, 1), 1, OFFSETS, 1.5, "l2", "none")
+    averaged = predict_volume(_ZBiased(), raw, (6, 6, 6), (1, 1, 1), 1, OFFSETS, 1.5, "l2", "permutations")
+    inner = (slice(1, None),) * 3
+    bias = {axis: np.abs(averaged["predicted_affinities"][axis][inner] - exact["predicted_affinities"][axis][inner]).mean()
+            for axis in range(3)}
+    # Without TTA all the bias sits in channel 0; averaged, each nearest-neighbour channel carries a third of it.
+    assert np.abs(plain["predicted_affinities"][1:3][(slice(None), *inner)]
+                  - exact["predicted_affinities"][1:3][(slice(None), *inner)]).max() < 1e-6
+    assert max(bias.values()) < 2 * min(bias.values()) and min(bias.values()) > 0.01

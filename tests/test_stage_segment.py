@@ -106,3 +106,12 @@ def test_boundary_seeds_keep_the_mutex_watershed_from_merging_what_the_boundary_
                                           "segment.min_size": 0}), predictions, threshold=None)
     assert evaluate_segmentation(unseeded, labels)["vi_merge"] > 0.2  # two blocks joined
     assert evaluate_segmentation(seeded, labels)["vi_merge"] == pytest.approx(0, abs=1e-9)
+
+
+@pytest.mark.parametrize(("margin", "expected"), [(0.0, 0.5), (0.05, 0.45), (0.1, 0.45), (0.5, 0.5)])
+def test_robust_choice_keeps_away_from_the_merge_cliff(margin, expected):
+    from melecole.stages.segment import robust_choice
+
+    # VI sums by threshold: the plain minimum at 0.5 sits right before a cliff at 0.55.
+    scores = {0.3: 0.9, 0.4: 0.5, 0.45: 0.45, 0.5: 0.35, 0.55: 0.86, 0.6: 1.25, 0.7: 2.9}
+    assert robust_choice(scores, margin) == expected

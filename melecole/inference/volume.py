@@ -2,7 +2,12 @@
 
 Test-time augmentation runs the model on flipped or axis-permuted copies of the volume, maps
 each output back, and averages boundary probabilities and affinities (never embeddings: the
-embedding of a transformed input need not live in the same space).
+embedding of a transformed input need not live in the same space). Directly predicted
+affinities change meaning under a transform: the channel of offset ``o`` in the transformed
+frame compares ``u`` with ``u + o'`` in the original one, ``o'`` being ``o`` with its axes
+permuted and flipped signs. Where ``o'`` is one of the offsets the value is used as it is; where
+it is the opposite of one, the same pair of voxels is stored one offset further on; a transform
+that maps an offset to neither (a diagonal under a single flip) does not vote for that channel.
 """
 
 from __future__ import annotations
@@ -74,9 +79,10 @@ def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, in
         emb = _backward(outputs["embedding"], transform)
         if embedding is None:
             embedding = emb
-            if "affinities" in outputs:
-                # Offsets change direction under a transform, so only the identity pass is used.
-                predicted = (1.0 / (1.0 + np.exp(-outputs["affinities"]))).astype(np.float32)
+        if "affinities" in outputs:
+            probabilities = _backward((1.0 / (1.0 + np.exp(-outputs["affinities"]))).astype(np.float32), transform)
+            values, votes = remap_affinities(probabilities, offsets, transform)
+            predicted = (values, votes) if predicted is None else (predicted[0] + values, predicted[1] + votes)
         logits = _backward(outputs["boundary"], transform)[0]
         boundary = boundary + 1.0 / (1.0 + np.exp(-logits))
         tensor = torch.from_numpy(emb).to(device)
@@ -86,5 +92,55 @@ def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, in
     result = {"embedding": embedding, "boundary": (boundary / count).astype(np.float32),
               "affinities": (affinities / count).astype(np.float32)}
     if predicted is not None:
-        result["predicted_affinities"] = predicted
+        values, votes = predicted
+        # Every pair keeps at least the identity pass's vote; pairs leaving the volume have none.
+        result["predicted_affinities"] = np.divide(values, votes, out=np.zeros_like(values),
+                                                   where=votes > 0).astype(np.float32)
     return result
+
+
+def transformed_offset(offset: tuple[int, int, int], transform: Transform) -> tuple[int, int, int]:
+    """The original-frame offset compared by channel ``offset`` of a model run in ``transform``'s frame."""
+    perm, flips = transform
+    original = [0, 0, 0]
+    for axis in range(3):
+        original[perm[axis]] = -offset[axis] if axis in flips else offset[axis]
+    return tuple(original)
+
+
+def remap_affinities(probabilities: np.ndarray, offsets: list[tuple[int, int, int]],
+                     transform: Transform) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted affinities of a transformed pass, mapped back to the original channels.
+
+    Args:
+        probabilities: (C, Z, Y, X) affinities of the transformed pass, already mapped back to
+            the original voxel grid; channel ``c`` was predicted for ``offsets[c]`` in the
+            transformed frame.
+        offsets: the C offsets.
+        transform: (axis order, flipped axes) of the pass.
+
+    Returns:
+        (values, votes), both (C, Z, Y, X) float32: the affinity at each original channel and
+        voxel, and 1 where this pass gave one, 0 where it could not.
+    """
+    offsets = [tuple(int(d) for d in o) for o in offsets]
+    values = np.zeros(probabilities.shape, dtype=np.float32)
+    votes = np.zeros(probabilities.shape, dtype=np.float32)
+    shape = probabilities.shape[1:]
+    for channel, offset in enumerate(offsets):
+        moved = transformed_offset(offset, transform)
+        if moved in offsets:
+            target = offsets.index(moved)
+            values[target] += probabilities[channel]
+            votes[target] += 1.0
+            continue
+        opposite = tuple(-d for d in moved)
+        if opposite not in offsets:
+            continue
+        # Channel holds aff(x, x - O) at x; channel O wants aff(u, u + O) = that value at x = u + O.
+        target = offsets.index(opposite)
+        dst = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(shape, opposite))
+        src = tuple(slice(max(0, d), n - max(0, -d)) for n, d in zip(shape, opposite))
+        values[(target, *dst)] += probabilities[(channel, *src)]
+        votes[(target, *dst)] += 1.0
+    return values, votes

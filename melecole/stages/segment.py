@@ -78,7 +78,7 @@ def run_method(method: str, config: SegmentConfig, predictions: Predictions, thr
 
 def calibrate(config: SegmentConfig, predictions: Predictions,
               labels: np.ndarray) -> tuple[float, dict[str, float], dict[float, dict[str, float]]]:
-    """Chooses the agglomeration threshold with the lowest VI sum on a labelled volume.
+    """Chooses the agglomeration threshold on a labelled volume (see :func:`robust_choice`).
 
     Returns:
         (threshold, its metrics, metrics of every candidate threshold).
@@ -87,8 +87,25 @@ def calibrate(config: SegmentConfig, predictions: Predictions,
     segmentations = agglomerate(_agglomeration_input(config, predictions), candidates, config.agglomeration.scoring)
     table = {t: evaluate_segmentation(merge_small_segments(s, config.min_size), labels)
              for t, s in zip(candidates, segmentations)}
-    best = min(table, key=lambda t: table[t]["vi_split"] + table[t]["vi_merge"])
+    best = robust_choice({t: m["vi_split"] + m["vi_merge"] for t, m in table.items()}, config.agglomeration.margin)
     return best, table[best], table
+
+
+def robust_choice(scores: dict[float, float], margin: float) -> float:
+    """The threshold whose worst score over the thresholds within ``+-margin`` of it is lowest.
+
+    The VI of an agglomeration rises steeply once a threshold starts merging large objects, and
+    where that cliff lies differs between volumes. Choosing by the worst neighbour keeps away
+    from it: the choice stays good if the best threshold of another volume is up to ``margin``
+    away. ``margin=0`` is the plain minimum. Ties go to the smaller plain score, then the
+    smaller threshold.
+    """
+    tolerance = 1e-9
+
+    def worst(t: float) -> float:
+        return max(score for other, score in scores.items() if abs(other - t) <= margin + tolerance)
+
+    return min(scores, key=lambda t: (worst(t), scores[t], t))
 
 
 def score_on(config: SegmentConfig, predictions: Predictions, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
