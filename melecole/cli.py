@@ -9,7 +9,8 @@ from pathlib import Path
 
 from melecole.errors import MelecoleError
 
-PIPELINE = "prepare -> train -> predict -> segment -> evaluate (each also runs alone on any HDF5 files)"
+PIPELINE = ("prepare -> train -> predict -> segment -> evaluate (each also runs alone on any HDF5 files); "
+            "tune searches hyper-parameters")
 
 
 def _params(path: str | None):
@@ -38,7 +39,7 @@ def _train_arguments(args: argparse.Namespace) -> list[str]:
     # The command line again, for the ranks torchrun starts.
     argv = ["train"]
     for flag, value in (("--params", args.params), ("--data", args.data), ("--val", args.val), ("--out", args.out),
-                        ("--run-file", args.run_file)):
+                        ("--run-file", args.run_file), ("--validation-log", args.validation_log)):
         if value is not None:
             argv += [flag, str(value)]
     if args.train:
@@ -68,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                 "(the ranks' own messages are above)")
         return
     mode = "always" if args.resume else "never" if args.fresh else "auto"
-    summary = train(params, train_files, val_file, args.out, args.run_file, mode)
+    summary = train(params, train_files, val_file, args.out, args.run_file, mode, args.validation_log)
     if summary is not None:
         print(json.dumps(summary, indent=2))
 
@@ -102,6 +103,22 @@ def cmd_report(args: argparse.Namespace) -> None:
 
     params = _params(args.params)
     print(report(args.metrics, params.data.dataset, params.data.bundled_root))
+
+
+def cmd_tune(args: argparse.Namespace) -> None:
+    from melecole.stages.tune import tune
+
+    source = args.params or ("params.yaml" if Path("params.yaml").is_file() else "built-in defaults")
+    print(tune(_params(args.params), args.space, args.study, args.trials, data_dir=args.data, out=args.out,
+               storage=args.storage, heartbeat=args.heartbeat, best_file=args.write_best,
+               references=args.reference or [], params_source=source, say=lambda line: print(line, flush=True)))
+
+
+def cmd_tune_report(args: argparse.Namespace) -> None:
+    from melecole.stages.tune import tune_report
+
+    print(tune_report(args.study, out=args.out, storage=args.storage, references=args.reference or [],
+                      best_file=args.write_best))
 
 
 def cmd_fetch_snemi3d(args: argparse.Namespace) -> None:
@@ -146,6 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", help="validation file (datasets raw, labels)")
     p.add_argument("--out", default="outputs/checkpoint.pt", help="checkpoint path")
     p.add_argument("--run-file", help="write the MLflow run id here so evaluate can add to the same run")
+    p.add_argument("--validation-log", help="append one JSON line per validation ({\"step\": N, \"vi_split\": ...}) "
+                                            "here as training goes (a hyper-parameter search watches it)")
     again = p.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
                        help="continue from the newest periodic checkpoint (an error if none fits); by default a "
@@ -181,6 +200,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baselines", action="store_true",
                    help="also score every other dataset of the segmentation file (the baselines segment writes)")
     p.set_defaults(func=cmd_evaluate)
+
+    storage_help = "Optuna storage URL shared by every worker, e.g. postgresql://user@host/db (default: sqlite:///OUT/optuna.db)"
+    reference_help = "LABEL=metrics.json: also plot this run's validation VI split / merge (repeatable)"
+    best_help = "write the Pareto front's trial with the smallest VI sum here as a params.yaml override"
+    p = sub.add_parser("tune", help="Optuna search over params.yaml keys, minimising validation VI split and merge",
+                       description="Each trial trains (under torchrun when train.processes > 1), predicts, segments and "
+                                   "scores data/val.h5; the median rule on the validation VI during training stops "
+                                   "poor trials. Workers with the same --study and --storage share the study and its "
+                                   "budget of --trials finished trials; a killed worker's trial is retried. Prints "
+                                   "the Pareto front and writes OUT/STUDY/pareto.csv and pareto.png.")
+    p.add_argument("--study", required=True, help="study name (also its folder under --out)")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold in total")
+    p.add_argument("--space", required=True, help="search-space YAML (fixed, space, pruning, sampler, enqueue)")
+    p.add_argument("--params", help=params_help)
+    p.add_argument("--data", default="data", help="prepared folder with train*.h5 and val.h5 (default: data)")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--out", default="outputs/tune", help="output folder (default: outputs/tune)")
+    p.add_argument("--heartbeat", type=int, default=60,
+                   help="seconds between a running trial's heartbeats; one silent for twice that is retried (default: 60)")
+    p.add_argument("--write-best", metavar="FILE", help=best_help)
+    p.add_argument("--reference", action="append", metavar="LABEL=FILE", help=reference_help)
+    p.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("tune-report", help="print and plot the Pareto front of a study without running trials")
+    p.add_argument("--study", required=True, help="study name")
+    p.add_argument("--storage", help=storage_help)
+    p.add_argument("--out", default="outputs/tune", help="output folder (default: outputs/tune)")
+    p.add_argument("--write-best", metavar="FILE", help=best_help)
+    p.add_argument("--reference", action="append", metavar="LABEL=FILE", help=reference_help)
+    p.set_defaults(func=cmd_tune_report)
 
     p = sub.add_parser("fetch-snemi3d", help="download the SNEMI3D archive (network needed; DVC users: dvc update data.dvc)",
                        description="Downloads the SNEMI3D train/val/test archive named in data.dvc to OUT, atomically, "

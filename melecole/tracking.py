@@ -4,10 +4,16 @@ One pipeline run is one MLflow run. ``train`` opens it and records its id in a s
 ``evaluate`` reopens the same run to add the test metrics. The store defaults to a SQLite file
 in the working directory (``mlflow.db``, artifacts under ``mlruns/``); ``MLFLOW_TRACKING_URI``
 switches to a server.
+
+A hyper-parameter search nests runs: it opens one run for the study and starts each trial's
+training with ``MELECOLE_MLFLOW_PARENT_RUN`` (the study's run id) and ``MELECOLE_MLFLOW_TAGS``
+(a JSON object of tags) in its environment; :meth:`Tracker.start` honours both, so the runs a
+training subprocess (or its torchrun ranks) creates appear under the study in ``mlflow ui``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -18,6 +24,8 @@ from pathlib import Path
 from melecole.errors import MelecoleError
 
 LOCAL_STORE = "mlflow.db"
+PARENT_RUN_VARIABLE = "MELECOLE_MLFLOW_PARENT_RUN"
+TAGS_VARIABLE = "MELECOLE_MLFLOW_TAGS"
 _ATTEMPTS = 4
 
 
@@ -67,6 +75,62 @@ def run_tags() -> dict[str, str]:
     return tags
 
 
+def inherited_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Tags a search passes to the runs of its trials through the environment.
+
+    ``MELECOLE_MLFLOW_PARENT_RUN`` becomes ``mlflow.parentRunId`` (the run is shown nested under
+    that one); ``MELECOLE_MLFLOW_TAGS`` holds a JSON object of further tags.
+    """
+    environ = os.environ if environ is None else environ
+    tags = {}
+    if environ.get(PARENT_RUN_VARIABLE):
+        tags["mlflow.parentRunId"] = environ[PARENT_RUN_VARIABLE]
+    if environ.get(TAGS_VARIABLE):
+        try:
+            extra = json.loads(environ[TAGS_VARIABLE])
+        except json.JSONDecodeError as error:
+            raise MelecoleError(f"{TAGS_VARIABLE}: not valid JSON ({error})") from None
+        if not isinstance(extra, dict):
+            raise MelecoleError(f"{TAGS_VARIABLE}: expected a JSON object of tags")
+        tags.update({str(k): str(v) for k, v in extra.items()})
+    return tags
+
+
+def _experiment_id(mlflow, experiment: str) -> str:
+    for attempt in range(_ATTEMPTS):
+        try:
+            return mlflow.set_experiment(experiment).experiment_id
+        except Exception as error:  # noqa: BLE001 - any store failure is reported the same way
+            # Two runs that start at once may race to create a new local store or experiment.
+            if attempt == _ATTEMPTS - 1:
+                raise MelecoleError(f"MLflow store {tracking_uri()}: cannot start a run ({error})") from None
+            time.sleep(1 + attempt)
+    raise AssertionError("not reached")
+
+
+def find_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
+    """Ids of the runs of ``experiment`` carrying all ``tags`` (values without quotes), newest first."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri())
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
+    return [run.info.run_id for run in client.search_runs([found.experiment_id], filter_string=query,
+                                                           order_by=["attributes.start_time DESC"])]
+
+
+def run_exists(run_id: str) -> bool:
+    """Whether the store holds an active (not deleted) run with this id."""
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+    except Exception:  # noqa: BLE001 - MlflowException for an unknown id; any failure means "not usable"
+        return False
+
+
 class Tracker:
     """A thin handle on one MLflow run; every method is a no-op when tracking is disabled."""
 
@@ -75,23 +139,18 @@ class Tracker:
         self.run_id = run_id
 
     @classmethod
-    def start(cls, experiment: str, params: Mapping, enabled: bool = True, run_name: str | None = None) -> Tracker:
-        """Creates a run in ``experiment`` with flattened ``params`` and the git / DVC tags."""
+    def start(cls, experiment: str, params: Mapping, enabled: bool = True, run_name: str | None = None,
+              tags: Mapping[str, str] | None = None) -> Tracker:
+        """Creates a run in ``experiment`` with flattened ``params``, the git / DVC tags, the tags a
+        search passes through the environment (:func:`inherited_tags`) and ``tags``."""
         if not enabled:
             return cls(False)
         mlflow = _mlflow()
         mlflow.set_tracking_uri(tracking_uri())
-        for attempt in range(_ATTEMPTS):
-            try:
-                experiment_id = mlflow.set_experiment(experiment).experiment_id
-                break
-            except Exception as error:  # noqa: BLE001 - any store failure is reported the same way
-                # Two runs that start at once may race to create a new local store or experiment.
-                if attempt == _ATTEMPTS - 1:
-                    raise MelecoleError(f"MLflow store {tracking_uri()}: cannot start a run ({error})") from None
-                time.sleep(1 + attempt)
+        experiment_id = _experiment_id(mlflow, experiment)
         client = mlflow.MlflowClient()
-        run = client.create_run(experiment_id, run_name=run_name, tags=run_tags())
+        all_tags = {**run_tags(), **inherited_tags(), **{k: str(v) for k, v in (tags or {}).items()}}
+        run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
         items = list(flatten(params).items())
         for start in range(0, len(items), 100):
             client.log_batch(run.info.run_id, params=[mlflow.entities.Param(k, v) for k, v in items[start:start + 100]])
@@ -130,3 +189,8 @@ class Tracker:
     def finish(self, status: str = "FINISHED") -> None:
         if self.enabled:
             self._client().set_terminated(self.run_id, status=status)
+
+    def delete(self) -> None:
+        """Deletes the run (it moves to MLflow's trash)."""
+        if self.enabled:
+            self._client().delete_run(self.run_id)
