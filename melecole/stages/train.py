@@ -253,7 +253,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     batches = sampler
     if cfg.workers > 0:
         rank_seed = int(np.random.SeedSequence([params.seed, ctx.rank]).generate_state(1)[0])
-        stream = PatchStream(volumes, cfg.patch, rank_seed, augment=augment, min_labelled=cfg.min_labelled,
+        stream = PatchStream(volumes, cfg.patch, rank_seed, augment=cfg.augment, min_labelled=cfg.min_labelled,
                              offsets=offsets)
         batches = LoaderFeed(stream, cfg.batch_size, cfg.workers, cfg.checkpoint_every or None, resumed_from,
                              cfg.accumulate)
