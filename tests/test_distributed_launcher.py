@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,34 +16,11 @@ import yaml
 
 from melecole.checkpoint import periodic_checkpoints, periodic_path
 from tests.conftest import REPO, tiny_params_dict
+from tests.processes import alive, descendants
 
 STEPS = 80
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
-
-
-def _descendants(pid: int) -> set[int]:
-    """Process ids below ``pid``, read from /proc."""
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found, frontier = set(), {pid}
-    while frontier:
-        frontier = {child for child, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def test_killed_launcher_stops_every_rank_and_the_run_resumes_in_the_same_mlflow_run(tmp_path, prepared):
@@ -66,11 +42,11 @@ def test_killed_launcher_stops_every_rank_and_the_run_resumes_in_the_same_mlflow
     while not periodic_path(out, 5).exists():
         assert launcher.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    ranks = _descendants(launcher.pid)
+    ranks = descendants(launcher.pid)
     assert len(ranks) >= 3  # torchrun and its two ranks
     launcher.send_signal(signal.SIGKILL)  # the launcher alone: nothing of it can clean up
     launcher.wait()
-    while any(_alive(pid) for pid in ranks):
+    while any(alive(pid) for pid in ranks):
         assert time.monotonic() < deadline, "ranks outlived their launcher"
         time.sleep(0.1)
     assert not out.exists() and not run_file.exists()

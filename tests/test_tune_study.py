@@ -27,6 +27,7 @@ from melecole.tuning.trial import TrialFiles, TrialOutcome
 from melecole.tuning.space import read_space
 from melecole.tuning.study import adopt_definition, open_study, trial_records
 from tests.conftest import REPO, tiny_params_dict
+from tests.processes import alive
 
 pytestmark = pytest.mark.slow
 
@@ -174,13 +175,6 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path, prepared):
     params, space = _setup(tmp_path, {
@@ -199,7 +193,7 @@ def test_a_killed_study_resumes_and_retries_the_interrupted_trial(tmp_path, prep
     training = _children(worker.pid)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
-    while any(_alive(pid) for pid in training):
+    while any(alive(pid) for pid in training):
         assert time.monotonic() < deadline, "the trial's training outlived its worker"
         time.sleep(0.1)
     assert [t.state.name for t in _trials(out, "killed")] == ["RUNNING"]

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from melecole.inference.sliding_window import sliding_window_predict
-from melecole.segment.affinities import cosine_affinities, embedding_affinities
+from melecole.segment.affinities import cosine_affinities, embedding_affinities, shifted_pair
 
 Transform = tuple[tuple[int, int, int], tuple[int, ...]]  # (axis order, flipped axes)
 
@@ -139,8 +139,8 @@ def remap_affinities(probabilities: np.ndarray, offsets: list[tuple[int, int, in
             continue
         # Channel holds aff(x, x - O) at x; channel O wants aff(u, u + O) = that value at x = u + O.
         target = offsets.index(opposite)
-        dst = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(shape, opposite))
-        src = tuple(slice(max(0, d), n - max(0, -d)) for n, d in zip(shape, opposite))
-        values[(target, *dst)] += probabilities[(channel, *src)]
-        votes[(target, *dst)] += 1.0
+        pair = shifted_pair(shape, opposite)
+        if pair is not None:
+            values[(target, *pair[0])] += probabilities[(channel, *pair[1])]
+            votes[(target, *pair[0])] += 1.0
     return values, votes

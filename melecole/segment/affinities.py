@@ -43,6 +43,13 @@ def _pair_slices(
     return tuple(sources), tuple(partners)
 
 
+def shifted_pair(shape: Sequence[int], offset: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]] | None:
+    """Slices of the voxels ``v`` of a ``shape`` volume whose partner ``v + offset`` is inside, and
+    of those partners (``array[partners]`` lines up with ``array[sources]``); None if no pair is."""
+    shape = tuple(int(s) for s in shape)
+    return _pair_slices(shape, tuple(int(d) for d in offset), (0, shape[0]))
+
+
 def valid_mask(shape: Sequence[int], offsets: Offsets) -> np.ndarray:
     """Which voxel pairs exist: ``mask[c, z, y, x]`` is True iff ``(z, y, x) + offsets[c]`` is
     inside a volume of ``shape``.

@@ -1,6 +1,6 @@
 """Affinities -> segmentation with the Mutex Watershed (Wolf et al. 2019, arXiv 1904.12654).
 
-The only module that imports the Mutex Watershed library (python-elf, backed by bioimage-cpp).
+The only module that imports the Mutex Watershed libraries (python-elf, backed by bioimage-cpp; mwatershed for seeds).
 
 Conventions, ours and the library's:
 
@@ -28,6 +28,7 @@ import mwatershed
 import numpy as np
 from elf.segmentation.mutex_watershed import mutex_watershed as _elf_mutex_watershed
 
+from melecole.segment.affinities import shifted_pair
 from melecole.segment.postprocess import relabel_consecutive
 
 # A repulsion weight below every merge weight (merge weights are affinities in [0, 1]): such an
@@ -141,11 +142,10 @@ def _seeded(cut: np.ndarray, offsets: list[list[int]], attractive: int, mask: np
         # Masked voxels: no merge at all, so each stays alone and is zeroed below.
         outside = ~mask
         for channel, offset in enumerate(offsets):
-            partner = np.zeros_like(outside)
-            src = tuple(slice(max(0, -d), n - max(0, d)) for n, d in zip(outside.shape, offset))
-            dst = tuple(slice(max(0, d), n - max(0, -d)) for n, d in zip(outside.shape, offset))
-            partner[src] = outside[dst]
-            touching = outside | partner
+            touching = outside.copy()  # the voxel or its partner is masked out
+            pair = shifted_pair(outside.shape, offset)
+            if pair is not None:
+                touching[pair[0]] |= outside[pair[1]]
             signed[channel][touching] = -1e-12
     # mwatershed keeps seed ids as they are; shift them above any id it may create.
     ids = np.unique(seeds[seeds != 0])

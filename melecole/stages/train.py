@@ -339,7 +339,7 @@ def _diagnose(error: NonFiniteLoss, reports: list[dict], parts: TrainingParts, p
     save_state(path, {"kind": "nonfinite", "step": error.step, "ranks": reports,
                       "model": {k: v.detach().cpu() for k, v in parts.model.state_dict().items()},
                       "optimizer": parts.optimizer.state_dict(), "params": params_dict, "model_name": model_name,
-                      "model_args": dict(getattr(parts.model, "encoder", parts.model).constructor_args)})
+                      "model_args": dict(segmentation_network(parts.model).constructor_args)})
     message = error.args[0]
     culprits = [rank for rank, report in enumerate(reports) if report["raw"] is not None]
     if not error.here and culprits:
