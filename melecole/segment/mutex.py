@@ -1,6 +1,7 @@
 """Affinities -> segmentation with the Mutex Watershed (Wolf et al. 2019, arXiv 1904.12654).
 
-The only module that imports the Mutex Watershed libraries (python-elf, backed by bioimage-cpp; mwatershed for seeds).
+The only module that imports the Mutex Watershed libraries (python-elf, backed by bioimage-cpp;
+mwatershed for the seeded variant).
 
 Conventions, ours and the library's:
 
