@@ -38,30 +38,33 @@ def cmd_prepare(args: argparse.Namespace) -> None:
 def _train_arguments(args: argparse.Namespace) -> list[str]:
     # The command line again, for the ranks torchrun starts.
     argv = ["train"]
-    for flag, value in (("--params", args.params), ("--data", args.data), ("--val", args.val), ("--out", args.out),
+    for flag, value in (("--params", args.params), ("--data", args.data), ("--out", args.out),
                         ("--run-file", args.run_file), ("--validation-log", args.validation_log)):
         if value is not None:
             argv += [flag, str(value)]
     if args.train:
         argv += ["--train", *[str(p) for p in args.train]]
+    if args.val:
+        argv += ["--val", *[str(p) for p in args.val]]
     argv += ["--resume"] if args.resume else ["--fresh"] if args.fresh else []
     return argv
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from melecole.distributed import launched_by_torchrun, relaunch
-    from melecole.stages.train import train, training_files
+    from melecole.data.prepared import training_files
+    from melecole.stages.train import train
 
     params = _params(args.params)
     if args.train:
         train_files = [Path(p) for p in args.train]
         if not args.val:
-            raise MelecoleError("--train needs --val (a file with datasets raw and labels)")
-        val_file = Path(args.val)
+            raise MelecoleError("--train needs --val (files with datasets raw and labels)")
+        val_files = [Path(p) for p in args.val]
     else:
-        train_files, val_file = training_files(args.data)
+        train_files, val_files = training_files(args.data)
         if args.val:
-            val_file = Path(args.val)
+            val_files = [Path(p) for p in args.val]
     if params.train.processes > 1 and not launched_by_torchrun():
         status = relaunch(params.train.processes, _train_arguments(args))
         if status != 0:
@@ -69,7 +72,7 @@ def cmd_train(args: argparse.Namespace) -> None:
                                 "(the ranks' own messages are above)")
         return
     mode = "always" if args.resume else "never" if args.fresh else "auto"
-    summary = train(params, train_files, val_file, args.out, args.run_file, mode, args.validation_log)
+    summary = train(params, train_files, val_files, args.out, args.run_file, mode, args.validation_log)
     if summary is not None:
         print(json.dumps(summary, indent=2))
 
@@ -158,9 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "re-launches itself under torchrun (DDP); under torchrun it is one rank. "
                                    "Resumable checkpoints go to checkpoints/ beside --out.")
     p.add_argument("--params", help=params_help)
-    p.add_argument("--data", default="data", help="prepared folder with train*.h5 and val.h5 (default: data)")
+    p.add_argument("--data", default="data",
+                   help="prepared folder with train*.h5, val.h5 and any val-*.h5 (default: data)")
     p.add_argument("--train", nargs="+", help="training files (datasets raw, labels) instead of --data")
-    p.add_argument("--val", help="validation file (datasets raw, labels)")
+    p.add_argument("--val", nargs="+", help="validation files (datasets raw, labels), scored pooled")
     p.add_argument("--out", default="outputs/checkpoint.pt", help="checkpoint path")
     p.add_argument("--run-file", help="write the MLflow run id here so evaluate can add to the same run")
     p.add_argument("--validation-log", help="append one JSON line per validation ({\"step\": N, \"vi_split\": ...}) "

@@ -45,6 +45,9 @@ class DataConfig(_Strict):
 
     dataset: Literal["flyem-fib-small", "flyem-fib-medulla", "synthetic", "snemi3d"] = "flyem-fib-small"
     extra_train: list[Literal["flyem-fib-small", "flyem-fib-medulla"]] = []
+    validate_extra: bool = Field(
+        True, description="also cut the validation slab off every extra training volume and validate on all "
+                          "the slabs pooled (threshold and checkpoint chosen on more than one acquisition)")
     val_axis: int = Field(2, ge=0, le=2)
     val_fraction: float = Field(0.25, gt=0, lt=1)
     bundled_root: str = "datasets"

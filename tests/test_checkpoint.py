@@ -3,6 +3,8 @@ checkpoint a non-finite loss leaves; the final checkpoint's contract with predic
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,7 @@ def test_periodic_states_hold_everything_and_only_the_last_k_stay(tmp_path, prep
         "train.steps": 6, "train.checkpoint_every": 2, "train.keep_last": 2, "train.ema_decay": 0.5,
         "train.schedule": "cosine", "train.warmup_steps": 2}))
     out = tmp_path / "out" / "model.pt"
-    train_stage.train(params, [prepared / "train.h5"], prepared / "val.h5", out)
+    train_stage.train(params, [prepared / "train.h5"], [prepared / "val.h5"], out)
 
     assert [step for step, _ in periodic_checkpoints(out)] == [4, 6]
     assert sorted(p.name for p in checkpoint_folder(out).iterdir()) == ["model-step-000004.pt", "model-step-000006.pt"]
@@ -60,7 +62,7 @@ def test_periodic_states_hold_everything_and_only_the_last_k_stay(tmp_path, prep
 def test_a_finished_run_removes_its_periodic_checkpoints(tmp_path, prepared):
     params = params_from_dict(tiny_params_dict(**{"train.steps": 4, "train.checkpoint_every": 2}))
     out = tmp_path / "model.pt"
-    summary = train_stage.train(params, [prepared / "train.h5"], prepared / "val.h5", out)
+    summary = train_stage.train(params, [prepared / "train.h5"], [prepared / "val.h5"], out)
     assert summary["resumed_from_step"] == 0 and out.is_file()
     assert periodic_checkpoints(out) == []
 
@@ -89,3 +91,23 @@ def test_non_finite_loss_leaves_a_diagnostic_checkpoint_and_no_model(tmp_path, c
     assert np.isnan(report["terms"]["loss"])
     assert tuple(report["raw"].shape) == (1, 1, 16, 16, 16) and torch.isnan(report["raw"]).any()
     build_model(state["model_name"], **state["model_args"]).load_state_dict(state["model"])
+
+
+def test_training_validates_on_every_prepared_validation_volume_pooled(tmp_path, prepared, capsys):
+    raw, labels = blocks_volume(shape=(16, 16, 32), block=6, seed=7)
+    write_volumes(prepared / "val-extra.h5", {"raw": raw, "labels": labels})
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(tiny_params_dict(**{"train.steps": 4})))
+    out = tmp_path / "out" / "model.pt"
+
+    assert main(["train", "--params", str(params_file), "--data", str(prepared), "--out", str(out)]) == 0
+
+    summary = json.loads(capsys.readouterr().out)
+    params = params_from_dict(tiny_params_dict(**{"train.steps": 4}))
+    model, _, extra = load_model(out)
+    volumes = [train_stage.load_labelled(prepared / name) for name in ("val.h5", "val-extra.h5")]
+    pooled = train_stage.validation_scores(params, model, volumes)
+    assert summary["val"] == pytest.approx(pooled, abs=1e-12)
+    assert extra["agglomeration_threshold"] == pooled["threshold"]
+    first_only = train_stage.validation_scores(params, model, volumes[:1])
+    assert first_only != pytest.approx(pooled, abs=1e-6)

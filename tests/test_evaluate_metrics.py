@@ -16,6 +16,7 @@ from melecole.errors import MelecoleError
 from melecole.evaluate import (
     adapted_rand_error,
     contingency,
+    evaluate_pooled,
     evaluate_segmentation,
     variation_of_information,
 )
@@ -290,3 +291,43 @@ def test_inputs_are_not_modified_and_views_are_accepted():
     assert scores == pytest.approx(
         evaluate_segmentation(seg_view.copy(), gt_view.copy()), abs=1e-15
     )
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_pooled_volumes_score_like_one_volume_side_by_side(seed):
+    rng = np.random.default_rng(seed)
+    first = _random_pair(rng, (6, 9, 11), n_seg=int(rng.integers(2, 30)), n_gt=12)
+    second = _random_pair(rng, (4, 9, 7), n_seg=int(rng.integers(2, 30)), n_gt=9)
+    # Side by side along x with every label of the second volume moved past the first's
+    # (ground-truth 0 stays 0: it is ignored in both).
+    shift_seg, shift_gt = int(first[0].max()) + 1, int(first[1].max()) + 1
+    seg = np.concatenate([first[0], np.pad(second[0] + shift_seg, ((0, 2), (0, 0), (0, 0)))], axis=2)
+    second_gt = np.where(second[1] > 0, second[1] + shift_gt, 0)
+    gt = np.concatenate([first[1], np.pad(second_gt, ((0, 2), (0, 0), (0, 0)))], axis=2)  # padding: gt 0
+
+    pooled = evaluate_pooled([first, second])
+
+    assert pooled == pytest.approx(evaluate_segmentation(seg, gt), abs=1e-12)
+    alone = [evaluate_segmentation(*first), evaluate_segmentation(*second)]
+    weights = np.array([np.count_nonzero(first[1]), np.count_nonzero(second[1])], float)
+    # VI is the labelled-voxel weighted mean of the volumes' VIs (the volume index is known
+    # from either label); the adapted Rand error is not a mean, but it lies between the two.
+    for key in ("vi_split", "vi_merge"):
+        assert pooled[key] == pytest.approx(np.average([a[key] for a in alone], weights=weights), abs=1e-12)
+    assert min(a["arand"] for a in alone) <= pooled["arand"] <= max(a["arand"] for a in alone) + 1e-12
+
+
+def test_pooled_labels_never_match_across_volumes():
+    # Both volumes use labels 1 and 2; pooled, the same numbers are still different objects.
+    gt = np.array([[[1, 1, 2, 2]]])
+    seg = np.array([[[1, 1, 1, 1]]])
+    one = evaluate_segmentation(seg, gt)
+    assert evaluate_pooled([(seg, gt), (seg, gt)]) == pytest.approx(one, abs=1e-12)
+    assert one["vi_merge"] == pytest.approx(1.0)
+
+
+def test_pooled_evaluation_refuses_nothing_and_names_bad_shapes():
+    with pytest.raises(MelecoleError, match="no volumes"):
+        evaluate_pooled([])
+    with pytest.raises(MelecoleError, match=r"\(2, 2\).*\(2, 3\)"):
+        evaluate_pooled([(np.ones((2, 2), int), np.ones((2, 2), int)), (np.ones((2, 2), int), np.ones((2, 3), int))])

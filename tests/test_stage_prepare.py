@@ -20,17 +20,38 @@ def test_bundled_default_splits_and_licences(tmp_path):
     config = _data_config(**{"data.extra_train": ["flyem-fib-medulla"]})
     prepare(config, 0, tmp_path / "data")
     out = tmp_path / "data"
-    shapes = {name: read_volume(f"{out / name}:raw").shape
-              for name in ("train.h5", "val.h5", "test.h5", "train-flyem-fib-medulla.h5")}
+    shapes = {path.name: read_volume(f"{path}:raw").shape for path in out.glob("*.h5")}
     assert shapes == {"train.h5": (50, 100, 150), "val.h5": (50, 100, 50), "test.h5": (50, 100, 200),
-                      "train-flyem-fib-medulla.h5": (125, 250, 250)}
-    source = read_volume(str(DATASETS / "flyem-fib-small" / "train-gt.lzf.h5"))
-    train = read_volume(f"{out / 'train.h5'}:labels")
-    val = read_volume(f"{out / 'val.h5'}:labels")
-    np.testing.assert_array_equal(np.concatenate([train, val], axis=2), source)
+                      "train-flyem-fib-medulla.h5": (125, 250, 188), "val-flyem-fib-medulla.h5": (125, 250, 62)}
+    for name, source_file, suffix in (("flyem-fib-small", "train-gt.lzf.h5", ""),
+                                      ("flyem-fib-medulla", "train-gt.h5", "-flyem-fib-medulla")):
+        source = read_volume(str(DATASETS / name / source_file))
+        train = read_volume(f"{out / f'train{suffix}.h5'}:labels")
+        val = read_volume(f"{out / f'val{suffix}.h5'}:labels")
+        np.testing.assert_array_equal(np.concatenate([train, val], axis=2), source)
     for name in ("flyem-fib-small", "flyem-fib-medulla"):
         assert (out / "licences" / name / "LICENSE.txt").is_file()
     assert (out / "licences" / "flyem-fib-small" / "CITATION.bib").is_file()
+
+
+def test_extra_volume_stays_whole_for_training_without_validate_extra(tmp_path):
+    config = _data_config(**{"data.extra_train": ["flyem-fib-medulla"], "data.validate_extra": False})
+    prepare(config, 0, tmp_path / "data")
+    assert sorted(path.name for path in (tmp_path / "data").glob("*.h5")) == [
+        "test.h5", "train-flyem-fib-medulla.h5", "train.h5", "val.h5"]
+    assert read_volume(f"{tmp_path / 'data' / 'train-flyem-fib-medulla.h5'}:raw").shape == (125, 250, 250)
+
+
+def test_prepared_folder_lists_own_validation_volume_first(tmp_path):
+    from melecole.data.prepared import training_files
+
+    prepare(_data_config(**{"data.extra_train": ["flyem-fib-medulla"]}), 0, tmp_path / "data")
+    train, val = training_files(tmp_path / "data")
+    assert [p.name for p in train] == ["train-flyem-fib-medulla.h5", "train.h5"]
+    assert [p.name for p in val] == ["val.h5", "val-flyem-fib-medulla.h5"]
+    (tmp_path / "data" / "val.h5").unlink()
+    with pytest.raises(MelecoleError, match="val.h5: validation volume not found"):
+        training_files(tmp_path / "data")
 
 
 def test_dataset_without_test_block_gives_up_a_test_slab(tmp_path):

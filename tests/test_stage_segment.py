@@ -8,7 +8,7 @@ import pytest
 from melecole.config import params_from_dict
 from melecole.data.targets import boundary_map
 from melecole.errors import MelecoleError
-from melecole.evaluate import evaluate_segmentation
+from melecole.evaluate import evaluate_pooled, evaluate_segmentation
 from melecole.io import read_volume, write_volumes
 from melecole.stages.segment import calibrate, run_method, segment
 from tests.conftest import blocks_volume, tiny_params_dict
@@ -30,11 +30,35 @@ def test_calibration_picks_the_threshold_with_the_lowest_vi():
     affinities, boundary = _perfect_predictions(labels)
     boundary[:, :, 3] = np.maximum(boundary[:, :, 3], 0.4)  # a faint false boundary inside blocks
     config = _config(**{"segment.agglomeration": {"candidates": [0.05, 0.7, 0.99]}})
-    threshold, metrics, table = calibrate(config, {"affinities": affinities, "boundary": boundary}, labels)
+    threshold, metrics, table = calibrate(config, [({"affinities": affinities, "boundary": boundary}, labels)])
     assert threshold == 0.7
     assert metrics["vi_split"] + metrics["vi_merge"] == pytest.approx(0, abs=1e-9)
     assert set(table) == {0.05, 0.7, 0.99}
     assert table[0.99]["vi_merge"] > 0 and table[0.05]["vi_split"] > 0
+
+
+def test_calibration_pools_the_validation_volumes():
+    # Volume a wants a high threshold (a faint false boundary inside its blocks must be merged);
+    # volume b, twice as large, a low one (its blocks meet at faint true boundaries).
+    config = _config(**{"segment.agglomeration": {"candidates": [0.05, 0.7, 0.99]}})
+    _, labels_a = blocks_volume(shape=(16, 16, 16), block=8)
+    affinities_a, boundary_a = _perfect_predictions(labels_a)
+    boundary_a[:, :, 3] = np.maximum(boundary_a[:, :, 3], 0.4)
+    _, labels_b = blocks_volume(shape=(32, 16, 16), block=8)
+    affinities_b, boundary_b = _perfect_predictions(labels_b)
+    boundary_b[boundary_b > 0] = 0.4
+    a = ({"affinities": affinities_a, "boundary": boundary_a}, labels_a)
+    b = ({"affinities": affinities_b, "boundary": boundary_b}, labels_b)
+
+    alone_a, alone_b = calibrate(config, [a]), calibrate(config, [b])
+    threshold, metrics, table = calibrate(config, [a, b])
+
+    assert alone_a[0] == 0.7 and alone_b[0] == 0.05
+    for t in (0.05, 0.7, 0.99):
+        segmentations = [run_method("agglomeration", config, predictions, t) for predictions, _ in (a, b)]
+        assert table[t] == pytest.approx(evaluate_pooled([(segmentations[0], labels_a), (segmentations[1], labels_b)]))
+    assert threshold == 0.05 and metrics == table[0.05]
+    assert table[0.05]["vi_split"] > 0  # volume a's blocks stay split: pooling trades a for b
 
 
 def test_every_method_runs_and_agglomeration_needs_a_threshold():

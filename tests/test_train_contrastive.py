@@ -72,7 +72,7 @@ def test_contrastive_training_logs_its_terms_and_writes_a_plain_segmentation_che
     params = params_from_dict(tiny_params_dict(**{"train.steps": 6, "train.val_every": 3, "train.contrastive": contrastive,
                                                   "tracking.enabled": True, "tracking.experiment": mode}))
     out = tmp_path / "checkpoint.pt"
-    summary = train(params, [prepared / "train.h5"], prepared / "val.h5", out, tmp_path / "run.txt", resume="never")
+    summary = train(params, [prepared / "train.h5"], [prepared / "val.h5"], out, tmp_path / "run.txt", resume="never")
     assert summary["best_step"] in (3, 6)
     model, saved, _ = load_model(out)
     assert isinstance(model, UNet3D) and saved["train"]["contrastive"]["mode"] == mode

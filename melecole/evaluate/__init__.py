@@ -3,6 +3,7 @@
 from melecole.evaluate.metrics import (
     adapted_rand_error,
     contingency,
+    evaluate_pooled,
     evaluate_segmentation,
     variation_of_information,
 )
@@ -10,6 +11,7 @@ from melecole.evaluate.metrics import (
 __all__ = [
     "adapted_rand_error",
     "contingency",
+    "evaluate_pooled",
     "evaluate_segmentation",
     "variation_of_information",
 ]

@@ -27,6 +27,7 @@ from melecole.errors import MelecoleError
 __all__ = [
     "adapted_rand_error",
     "contingency",
+    "evaluate_pooled",
     "evaluate_segmentation",
     "variation_of_information",
 ]
@@ -134,6 +135,28 @@ def evaluate_segmentation(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
         MelecoleError: If the shapes differ, a dtype is not integer, or ``gt`` is all 0.
     """
     table = contingency(seg, gt, ignore_gt=(0,))
+    vi_split, vi_merge = _vi_from_table(table)
+    return {"vi_split": vi_split, "vi_merge": vi_merge, "arand": _arand_from_table(table)}
+
+
+def evaluate_pooled(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """The metrics of several volumes scored as one validation set.
+
+    The volumes are disjoint, so no segment and no ground-truth object spans two of them: the
+    pooled contingency table is block-diagonal, one block per volume, and the result equals
+    :func:`evaluate_segmentation` of the volumes laid side by side with their labels made
+    distinct. Each volume weighs by its number of labelled voxels.
+
+    Args:
+        pairs: ``(seg, gt)`` per volume, each pair of one shape, as in :func:`evaluate_segmentation`.
+
+    Raises:
+        MelecoleError: If ``pairs`` is empty, a pair's shapes differ, a dtype is not integer,
+            or a ground truth is all 0.
+    """
+    if not pairs:
+        raise MelecoleError("no volumes to evaluate")
+    table = sparse.block_diag([contingency(seg, gt, ignore_gt=(0,)) for seg, gt in pairs], format="csr")
     vi_split, vi_merge = _vi_from_table(table)
     return {"vi_split": vi_split, "vi_merge": vi_merge, "arand": _arand_from_table(table)}
 

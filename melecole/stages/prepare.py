@@ -1,4 +1,9 @@
-"""prepare: a dataset source -> ``<out>/train*.h5``, ``val.h5`` and ``test.h5`` (datasets raw, labels)."""
+"""prepare: a dataset source -> ``<out>/train*.h5``, ``val*.h5`` and ``test.h5`` (datasets raw, labels).
+
+The dataset gives ``train.h5``, ``val.h5`` (a slab cut off its training block) and ``test.h5``;
+every extra training volume gives ``train-<name>.h5`` and, with ``data.validate_extra``, its own
+slab ``val-<name>.h5``, so that validation covers every acquisition the model learns from.
+"""
 
 from __future__ import annotations
 
@@ -88,10 +93,15 @@ def prepare(config: DataConfig, seed: int, out: str | Path) -> list[Path]:
             attrs = {"source": config.dataset, "split": split}
             write_volumes(staging / f"{split}.h5", {"raw": raw, "labels": labels.astype(np.uint64)}, attrs)
             written.append(out / f"{split}.h5")
-        for name, (raw, labels) in extras.items():
-            attrs = {"source": name, "split": "train"}
-            write_volumes(staging / f"train-{name}.h5", {"raw": raw, "labels": labels.astype(np.uint64)}, attrs)
-            written.append(out / f"train-{name}.h5")
+        for name, block in extras.items():
+            parts = {"train": block}
+            if config.validate_extra:
+                parts["train"], parts["val"] = split_block(*block, axis=config.val_axis, fraction=config.val_fraction)
+            for split, (raw, labels) in parts.items():
+                attrs = {"source": name, "split": split}
+                write_volumes(staging / f"{split}-{name}.h5", {"raw": raw, "labels": labels.astype(np.uint64)},
+                              attrs)
+                written.append(out / f"{split}-{name}.h5")
         for source in _sources(config):
             for notice in ("LICENSE.txt", "CITATION.bib", "README.md"):
                 if (source / notice).is_file():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
@@ -21,7 +22,7 @@ import numpy as np
 
 from melecole.config import SegmentConfig
 from melecole.errors import MelecoleError
-from melecole.evaluate import evaluate_segmentation
+from melecole.evaluate import evaluate_pooled
 from melecole.io import VolumeSpec, read_volume, write_volumes
 from melecole.segment.agglomerate import agglomerate, boundary_affinities
 from melecole.segment.mutex import mutex_watershed
@@ -31,6 +32,8 @@ from melecole.segment.watershed import boundary_watershed
 
 
 Predictions = dict[str, np.ndarray]  # affinities (C,Z,Y,X), boundary (Z,Y,X), maybe predicted_affinities
+Labelled = tuple[Predictions, np.ndarray]  # a validation volume's predictions and its labels (Z,Y,X)
+Metrics = dict[str, float]
 
 
 def _agglomeration_input(config: SegmentConfig, predictions: Predictions) -> np.ndarray:
@@ -76,17 +79,22 @@ def run_method(method: str, config: SegmentConfig, predictions: Predictions, thr
     raise MelecoleError(f"unknown segmentation method '{method}'")
 
 
-def calibrate(config: SegmentConfig, predictions: Predictions,
-              labels: np.ndarray) -> tuple[float, dict[str, float], dict[float, dict[str, float]]]:
-    """Chooses the agglomeration threshold on a labelled volume (see :func:`robust_choice`).
+def calibrate(config: SegmentConfig, volumes: Sequence[Labelled]) -> tuple[float, Metrics, dict[float, Metrics]]:
+    """Chooses the agglomeration threshold on labelled volumes (see :func:`robust_choice`).
+
+    Args:
+        volumes: ``(predictions, labels)`` per validation volume; every candidate threshold is
+            scored on all of them pooled (:func:`melecole.evaluate.evaluate_pooled`).
 
     Returns:
         (threshold, its metrics, metrics of every candidate threshold).
     """
     candidates = config.agglomeration.candidates
-    segmentations = agglomerate(_agglomeration_input(config, predictions), candidates, config.agglomeration.scoring)
-    table = {t: evaluate_segmentation(merge_small_segments(s, config.min_size), labels)
-             for t, s in zip(candidates, segmentations)}
+    per_volume = [[merge_small_segments(s, config.min_size) for s in
+                   agglomerate(_agglomeration_input(config, predictions), candidates, config.agglomeration.scoring)]
+                  for predictions, _ in volumes]
+    table = {t: evaluate_pooled([(segmentations[i], labels) for segmentations, (_, labels) in zip(per_volume, volumes)])
+             for i, t in enumerate(candidates)}
     best = robust_choice({t: m["vi_split"] + m["vi_merge"] for t, m in table.items()}, config.agglomeration.margin)
     return best, table[best], table
 
@@ -108,13 +116,14 @@ def robust_choice(scores: dict[float, float], margin: float) -> float:
     return min(scores, key=lambda t: (worst(t), scores[t], t))
 
 
-def score_on(config: SegmentConfig, predictions: Predictions, labels: np.ndarray, seed: int = 0) -> dict[str, float]:
-    """Validation metrics of the configured method (the agglomeration's at its best threshold)."""
+def score_on(config: SegmentConfig, volumes: Sequence[Labelled], seed: int = 0) -> Metrics:
+    """Validation metrics of the configured method on ``(predictions, labels)`` volumes, pooled
+    (the agglomeration's at its best threshold, returned under ``threshold``)."""
     if config.method == "agglomeration" and config.agglomeration.threshold is None:
-        threshold, metrics, _ = calibrate(config, predictions, labels)
+        threshold, metrics, _ = calibrate(config, volumes)
         return {**metrics, "threshold": threshold}
-    segmentation = run_method(config.method, config, predictions, config.agglomeration.threshold, seed)
-    return evaluate_segmentation(segmentation, labels)
+    return evaluate_pooled([(run_method(config.method, config, predictions, config.agglomeration.threshold, seed),
+                             labels) for predictions, labels in volumes])
 
 
 def _stored(path: Path) -> tuple[list[tuple[int, int, int]] | None, float | None]:

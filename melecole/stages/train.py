@@ -91,29 +91,18 @@ def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return normalize_raw(volumes["raw"], f"{path}:raw"), labels.astype(np.uint64)
 
 
-def training_files(data_dir: str | Path) -> tuple[list[Path], Path]:
-    """``train*.h5`` and ``val.h5`` of a prepared folder."""
-    data_dir = Path(data_dir)
-    train = sorted(data_dir.glob("train*.h5"))
-    val = data_dir / "val.h5"
-    if not train:
-        raise MelecoleError(f"{data_dir}: no train*.h5 files (run `melecole prepare` first)")
-    if not val.is_file():
-        raise MelecoleError(f"{val}: validation volume not found (run `melecole prepare` first)")
-    return train, val
-
-
-def validation_scores(params: Params, model: torch.nn.Module, raw: np.ndarray, labels: np.ndarray,
+def validation_scores(params: Params, model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]],
                       augment: str = "none") -> dict:
-    """Segments the validation volume with the configured method and scores it.
+    """Segments the validation volumes ``(raw, labels)`` with the configured method and scores
+    them pooled, as one validation set.
 
     For the agglomeration without a fixed threshold, the score is that of the best candidate
     threshold, which is returned under ``threshold``.
     """
     loss, cfg = params.train.loss, params.predict
-    predictions = predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
-                                 loss.delta_d, loss.norm, augment, cfg.affinity)
-    return score_on(params.segment, predictions, labels, params.seed)
+    predicted = [(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
+                                 loss.delta_d, loss.norm, augment, cfg.affinity), labels) for raw, labels in volumes]
+    return score_on(params.segment, predicted, params.seed)
 
 
 def segmentation_network(model: torch.nn.Module) -> torch.nn.Module:
@@ -197,7 +186,7 @@ def _tracker(params: Params, params_dict: dict, ctx: DistContext, run_id: str | 
     return Tracker.start(params.tracking.experiment, params_dict, run_name=f"{params.data.dataset}-{params.train.steps}steps")
 
 
-def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: str | Path,
+def train(params: Params, train_files: list[Path], val_files: list[Path], checkpoint: str | Path,
           run_file: str | Path | None = None, resume: ResumeMode = "auto",
           validation_log: str | Path | None = None) -> dict | None:
     """Trains a model and writes the checkpoint with the best validation VI sum.
@@ -217,18 +206,18 @@ def train(params: Params, train_files: list[Path], val_file: Path, checkpoint: s
         torch.set_num_threads(cfg.threads)
     ctx, device = distributed.init(resolve_device(cfg.device), cfg.dist_timeout)
     try:
-        return _train(params, ctx, device, train_files, val_file, Path(checkpoint), run_file, resume, validation_log)
+        return _train(params, ctx, device, train_files, val_files, Path(checkpoint), run_file, resume, validation_log)
     finally:
         distributed.teardown()
 
 
-def _train(params: Params, ctx: DistContext, device: torch.device, train_files: list[Path], val_file: Path,
+def _train(params: Params, ctx: DistContext, device: torch.device, train_files: list[Path], val_files: list[Path],
            checkpoint: Path, run_file: str | Path | None, resume: ResumeMode,
            validation_log: str | Path | None = None) -> dict | None:
     cfg = params.train
     rng = seed_everything(params.seed, ctx.rank)
     volumes = [load_labelled(path) for path in train_files]
-    val_raw, val_labels = load_labelled(val_file)
+    validation = [load_labelled(path) for path in val_files]
     sampler = _sampler(params, volumes, rng)
     model, offsets = _build_model(params, device, ctx)
     contrastive = cfg.contrastive
@@ -246,7 +235,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     if plan is not None:
         loss_fn = ContrastiveObjective(loss_fn, contrastive.temperature, plan)
     params_dict = params_as_dict(params)
-    current = fingerprint(params_dict, [*train_files, val_file], ctx.world_size)
+    current = fingerprint(params_dict, [*train_files, *val_files], ctx.world_size)
     best: dict = {}
     state, run_id = _resume(parts, ctx, checkpoint, current, resume, best)
     resumed_from = state.step if state is not None else 0
@@ -288,7 +277,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     try:
         result = train_loop(network, loss_fn, batches, parts.optimizer, cfg.steps, cfg.batch_size, device,
                             cfg.log_every, cfg.val_every,
-                            (lambda m: validation_scores(params, segmentation_network(m), val_raw, val_labels))
+                            (lambda m: validation_scores(params, segmentation_network(m), validation))
                             if ctx.is_main else None,
                             on_log=on_log, on_best=keep_best, progress=bar,
                             ema=parts.ema, offsets=offsets, options=options, state=state,
@@ -308,7 +297,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     bar.close()
     if not ctx.is_main:
         return None
-    return _finish(params, model, best, result, tracker, metrics, checkpoint, run_file, val_raw, val_labels,
+    return _finish(params, model, best, result, tracker, metrics, checkpoint, run_file, validation,
                    device, ctx, resumed_from)
 
 
@@ -349,13 +338,14 @@ def _diagnose(error: NonFiniteLoss, reports: list[dict], parts: TrainingParts, p
 
 
 def _finish(params: Params, model: torch.nn.Module, best: dict, result: TrainingResult, tracker: Tracker,
-            metrics: MetricBuffer, checkpoint: Path, run_file: str | Path | None, val_raw: np.ndarray,
-            val_labels: np.ndarray, device: torch.device, ctx: DistContext, resumed_from: int) -> dict:
+            metrics: MetricBuffer, checkpoint: Path, run_file: str | Path | None,
+            validation: list[tuple[np.ndarray, np.ndarray]], device: torch.device, ctx: DistContext,
+            resumed_from: int) -> dict:
     """Rank 0 after the last step: calibrate on the best weights, write the output, close the run."""
     model.load_state_dict(best["state"])
     # The final score uses the predict stage's settings (test-time augmentation included), so the
     # threshold chosen here is the one that fits what `segment` will see.
-    final = validation_scores(params, model, val_raw, val_labels, params.predict.augment)
+    final = validation_scores(params, model, validation, params.predict.augment)
     extra = {"best_step": best["step"], "val_vi_split": final["vi_split"], "val_vi_merge": final["vi_merge"],
              "val_arand": final["arand"]}
     if "threshold" in final:

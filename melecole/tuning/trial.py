@@ -2,14 +2,15 @@
 
 Training runs as ``melecole train`` in a subprocess, so that ``train.processes`` > 1 gets
 torchrun / DDP exactly as on the command line, and a crash or a stop ends only that trial. The
-validation volume (``val.h5`` of the prepared folder) is then predicted, segmented and scored
-in this process; the test volume is never looked at. A trial's files live in one folder::
+validation volumes (``val.h5`` and any ``val-*.h5`` of the prepared folder) are then predicted,
+segmented and scored pooled in this process; the test volume is never looked at. A trial's files live in one folder::
 
     params.yaml  train.log  validation.jsonl  checkpoint.pt  run.txt  segmentation.h5  metrics.json
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -22,6 +23,7 @@ import yaml
 
 import melecole
 from melecole.config import Params, params_as_dict, params_from_dict
+from melecole.data.prepared import validation_files
 from melecole.errors import MelecoleError
 from melecole.tuning.runner import run_watched
 
@@ -93,39 +95,51 @@ def training_env(extra: Mapping[str, str], base: Mapping[str, str] | None = None
     return env
 
 
-def score_validation(params: Params, checkpoint: Path, val_file: Path, folder: Path) -> dict:
-    """predict -> segment (the configured method, no baselines) -> evaluate on ``val_file``."""
-    from melecole.io import VolumeSpec
-    from melecole.stages.evaluate import evaluate
+def score_validation(params: Params, checkpoint: Path, val_files: list[Path], folder: Path) -> dict:
+    """predict -> segment (the configured method, no baselines) each of ``val_files``, then
+    evaluate them pooled into ``metrics.json``; the first volume's result stays as ``segmentation.h5``."""
+    from melecole.evaluate import evaluate_pooled
+    from melecole.io import VolumeSpec, atomic_output, read_volume
     from melecole.stages.predict import predict
     from melecole.stages.segment import segment
 
     predictions = folder / "predictions.h5"
-    predict(params, checkpoint, VolumeSpec(val_file, "raw"), predictions)
+    pairs = []
+    for index, val_file in enumerate(val_files):
+        out = folder / ("segmentation.h5" if index == 0 else f"segmentation-{val_file.stem}.h5")
+        predict(params, checkpoint, VolumeSpec(val_file, "raw"), predictions)
+        try:
+            # Baselines would only add time: a trial is judged by the configured method.
+            segment(params.segment.model_copy(update={"baselines": []}), predictions, out, params.seed)
+        finally:
+            # The embeddings are the largest file and cheap to recompute from the checkpoint.
+            predictions.unlink(missing_ok=True)
+        labels = VolumeSpec(val_file, "labels")
+        pairs.append((read_volume(VolumeSpec(out, "segmentation")), read_volume(labels)))
+        if index > 0:
+            out.unlink()
     try:
-        # Baselines would only add time: a trial is judged by the configured method.
-        segment(params.segment.model_copy(update={"baselines": []}), predictions, folder / "segmentation.h5",
-                params.seed)
-    finally:
-        # The embeddings are the largest file and cheap to recompute from the checkpoint.
-        predictions.unlink(missing_ok=True)
-    return evaluate(VolumeSpec(folder / "segmentation.h5", "segmentation"), VolumeSpec(val_file, "labels"),
-                    folder / "metrics.json")
+        metrics = evaluate_pooled(pairs)
+    except MelecoleError as error:
+        raise MelecoleError(f"{', '.join(str(v) for v in val_files)}: {error}") from None
+    with atomic_output(folder / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
 
 
 def run_trial(params_dict: dict, folder: str | Path, data_dir: str | Path, on_validation: Callable[[dict], bool],
               env: Mapping[str, str] | None = None, cwd: str | Path | None = None,
-              score: Callable[[Params, Path, Path, Path], dict] = score_validation) -> TrialOutcome:
+              score: Callable[[Params, Path, list[Path], Path], dict] = score_validation) -> TrialOutcome:
     """Runs one trial in ``folder`` (emptied first) on the prepared volumes of ``data_dir``.
 
     Args:
         params_dict: the trial's complete parameters.
         folder: the trial's folder.
-        data_dir: prepared folder with train*.h5 and val.h5.
+        data_dir: prepared folder with train*.h5, val.h5 and any val-*.h5.
         on_validation: called with each validation record of training; True stops (prunes) it.
         env: extra environment of the training subprocess (e.g. MLflow nesting).
         cwd: working directory of the training subprocess.
-        score: turns (params, checkpoint, val.h5, folder) into validation metrics.
+        score: turns (params, checkpoint, validation files, folder) into validation metrics.
 
     Returns:
         The outcome; failures of training or scoring are outcomes, not exceptions.
@@ -145,7 +159,7 @@ def run_trial(params_dict: dict, folder: str | Path, data_dir: str | Path, on_va
     if trained.status == "failed":
         return TrialOutcome("failed", error=trained.error)
     try:
-        metrics = score(params, files.checkpoint, Path(data_dir) / "val.h5", files.folder)
+        metrics = score(params, files.checkpoint, validation_files(data_dir), files.folder)
     except Exception as error:  # noqa: BLE001 - any scoring failure ends this trial only
         message = str(error) if isinstance(error, MelecoleError) else f"{type(error).__name__}: {error}"
         return TrialOutcome("failed", error=f"scoring the validation volume: {message}")
