@@ -134,9 +134,7 @@ def evaluate_segmentation(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     Raises:
         MelecoleError: If the shapes differ, a dtype is not integer, or ``gt`` is all 0.
     """
-    table = contingency(seg, gt, ignore_gt=(0,))
-    vi_split, vi_merge = _vi_from_table(table)
-    return {"vi_split": vi_split, "vi_merge": vi_merge, "arand": _arand_from_table(table)}
+    return _scores(contingency(seg, gt, ignore_gt=(0,)))
 
 
 def evaluate_pooled(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
@@ -156,7 +154,10 @@ def evaluate_pooled(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str,
     """
     if not pairs:
         raise MelecoleError("no volumes to evaluate")
-    table = sparse.block_diag([contingency(seg, gt, ignore_gt=(0,)) for seg, gt in pairs], format="csr")
+    return _scores(sparse.block_diag([contingency(seg, gt, ignore_gt=(0,)) for seg, gt in pairs], format="csr"))
+
+
+def _scores(table: sparse.csr_matrix) -> dict[str, float]:
     vi_split, vi_merge = _vi_from_table(table)
     return {"vi_split": vi_split, "vi_merge": vi_merge, "arand": _arand_from_table(table)}
 

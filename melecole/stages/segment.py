@@ -90,11 +90,13 @@ def calibrate(config: SegmentConfig, volumes: Sequence[Labelled]) -> tuple[float
         (threshold, its metrics, metrics of every candidate threshold).
     """
     candidates = config.agglomeration.candidates
-    per_volume = [[merge_small_segments(s, config.min_size) for s in
-                   agglomerate(_agglomeration_input(config, predictions), candidates, config.agglomeration.scoring)]
+    per_volume = [agglomerate(_agglomeration_input(config, predictions), candidates, config.agglomeration.scoring)
                   for predictions, _ in volumes]
-    table = {t: evaluate_pooled([(segmentations[i], labels) for segmentations, (_, labels) in zip(per_volume, volumes)])
-             for i, t in enumerate(candidates)}
+    ground_truths = [gt for _, gt in volumes]
+    # zip(*per_volume): for each candidate, its segmentation of every volume.
+    table = {t: evaluate_pooled([(merge_small_segments(segmentation, config.min_size), gt)
+                                 for segmentation, gt in zip(segmentations, ground_truths)])
+             for t, segmentations in zip(candidates, zip(*per_volume))}
     best = robust_choice({t: m["vi_split"] + m["vi_merge"] for t, m in table.items()}, config.agglomeration.margin)
     return best, table[best], table
 
