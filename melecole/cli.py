@@ -9,7 +9,8 @@ from pathlib import Path
 
 from melecole.errors import MelecoleError
 
-PIPELINE = ("prepare -> train -> predict -> segment -> evaluate (each also runs alone on any HDF5 files); "
+PIPELINE = ("prepare -> train -> predict -> segment -> evaluate (each also runs alone on HDF5, zarr or TIFF "
+            "volumes; predict and segment run blockwise on volumes larger than memory); "
             "tune searches hyper-parameters")
 
 
@@ -77,10 +78,23 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps(summary, indent=2))
 
 
+def _scheduling(args: argparse.Namespace):
+    import shlex
+
+    from melecole.blockwise.run import Scheduling
+
+    if args.workers < 1:
+        raise MelecoleError(f"--workers must be at least 1, got {args.workers}")
+    return Scheduling(workers=args.workers, host=args.host, launcher=shlex.split(args.launcher) if args.launcher else None,
+                      timeout=args.block_timeout, progress=not args.quiet)
+
+
 def cmd_predict(args: argparse.Namespace) -> None:
     from melecole.stages.predict import predict
 
-    figures = predict(_params(args.params), args.checkpoint, _volume(args.raw), args.out)
+    figures = predict(_params(args.params), args.checkpoint, _volume(args.raw), args.out, scheduling=_scheduling(args),
+                      block=tuple(args.block) if args.block else None, embedding=True if args.embedding else None,
+                      voxel_size=tuple(args.voxel_size) if args.voxel_size else None, blockwise=args.blockwise)
     print(json.dumps(figures))
 
 
@@ -88,8 +102,27 @@ def cmd_segment(args: argparse.Namespace) -> None:
     from melecole.stages.segment import segment
 
     params = _params(args.params)
-    figures = segment(params.segment, args.predictions, args.out, params.seed)
+    figures = segment(params.segment, args.predictions, args.out, params.seed, blockwise=args.blockwise,
+                      scheduling=_scheduling(args), block=tuple(args.block) if args.block else None,
+                      context=args.context, chunks=tuple(params.predict.chunks))
     print(json.dumps(figures))
+
+
+def _blockwise_arguments(p: argparse.ArgumentParser, what: str) -> None:
+    group = p.add_argument_group("blockwise (volumes larger than memory, several processes or machines)")
+    group.add_argument("--blockwise", action="store_true",
+                       help=f"{what} block by block on daisy into a zarr store; a killed run resumes (default: off)")
+    group.add_argument("--workers", type=int, default=1, help="worker processes (default: 1, this process)")
+    group.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                       help="block shape, a multiple of predict.chunks (default: the largest within predict.memory_gb)")
+    group.add_argument("--host", default="127.0.0.1",
+                       help="address the scheduler listens on; this machine's name lets workers elsewhere connect "
+                            "(default: 127.0.0.1, this machine only)")
+    group.add_argument("--launcher", help="command prefix that starts one worker elsewhere, e.g. 'srun -N1 -n1' or "
+                                          "'ssh node2' (needs a shared file system; default: local processes)")
+    group.add_argument("--block-timeout", type=float, default=24 * 3600.0,
+                       help="seconds a block may take before its worker is restarted (default: 86400)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar (default: progress on stderr)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -176,21 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--fresh", action="store_true", help="ignore and delete earlier periodic checkpoints")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("predict", help="sliding-window inference: embeddings, boundaries, affinities",
-                       description="Writes datasets embedding (E,Z,Y,X), boundary (Z,Y,X) and affinities "
-                                   "(C,Z,Y,X) to one HDF5 file.")
+    p = sub.add_parser("predict", help="sliding-window inference: boundaries, affinities (uint8), embedding on request",
+                       description="Writes datasets boundary (Z,Y,X) and affinities (C,Z,Y,X) as uint8 "
+                                   "probabilities (x 255), predicted_affinities for a model with an affinity head and, "
+                                   "with --embedding, embedding (E,Z,Y,X) float16, to an HDF5 file or zarr store, block "
+                                   "by block: memory does not grow with the volume. Raw: HDF5, zarr, TIFF.")
     p.add_argument("--params", help=params_help)
-    p.add_argument("--checkpoint", default="outputs/checkpoint.pt")
-    p.add_argument("--raw", required=True, help="raw volume FILE[:dataset]")
-    p.add_argument("--out", default="outputs/predictions.h5")
+    p.add_argument("--checkpoint", default="outputs/checkpoint.pt", help="model checkpoint (default: outputs/checkpoint.pt)")
+    p.add_argument("--raw", required=True, help="raw volume: FILE.h5:dataset, STORE.zarr/array, stack.tif or a TIFF folder")
+    p.add_argument("--out", default="outputs/predictions.zarr",
+                   help="output .zarr or .h5, replaced when complete (default: outputs/predictions.zarr, the "
+                        "pipeline's own output)")
+    p.add_argument("--embedding", action="store_true", help="also store the embedding (default: predict.embedding)")
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="voxel size in nm written with the outputs (default: the raw volume's, if it has one)")
+    _blockwise_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("segment", help="Mutex Watershed on affinities, then small-segment clean-up",
-                       description="Reads dataset affinities (and boundary) of a predictions file and "
-                                   "writes dataset segmentation (uint64).")
+    p = sub.add_parser("segment", help="agglomeration of affinities (default), Mutex Watershed or watershed",
+                       description="Reads the predictions (affinities, boundary) and writes dataset segmentation "
+                                   "(uint64) by segment.method, plus one dataset per segment.baselines method. "
+                                   "--blockwise runs the agglomeration block by block and stitches it across blocks.")
     p.add_argument("--params", help=params_help)
-    p.add_argument("--predictions", default="outputs/predictions.h5")
-    p.add_argument("--out", default="outputs/segmentation.h5")
+    p.add_argument("--predictions", default="outputs/predictions.zarr", help="output of predict (default: outputs/predictions.zarr)")
+    p.add_argument("--out", default="outputs/segmentation.h5", help="output .h5 or .zarr (default: outputs/segmentation.h5)")
+    p.add_argument("--context", type=int, default=8, help="voxels read around each block for its fragments (default: 8)")
+    _blockwise_arguments(p, "segment")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser("evaluate", help="VI split / merge (bits) and adapted Rand error",

@@ -173,6 +173,12 @@ class PredictConfig(_Strict):
         "none", description="test-time augmentation: average over 8 flips or 6 axis orders")
     affinity: Literal["distance", "cosine"] = Field(
         "distance", description="embedding affinities from the loss's distance and margin, or max(0, cosine)")
+    chunks: Triple = Field((64, 64, 64), description="storage chunks (z, y, x) of every output")
+    block: Triple | None = Field(
+        None, description="voxels (z, y, x) predicted at once, a multiple of chunks; null = the largest that fits "
+                          "memory_gb (the result does not depend on it)")
+    memory_gb: float = Field(2.0, gt=0, description="working memory of one block's accumulators, per worker")
+    embedding: bool = Field(False, description="also store the embedding (float16, E times the bytes of a boundary)")
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:
@@ -280,6 +286,16 @@ class Params(_Strict):
     predict: PredictConfig = PredictConfig()
     segment: SegmentConfig = SegmentConfig()
     tracking: TrackingConfig = TrackingConfig()
+
+    @model_validator(mode="after")
+    def _tiles_hold_every_pair(self) -> Params:
+        # Affinities are computed inside each tile: a pair longer than the tiles' overlap along an
+        # axis is held by no tile at the seams and would read 0 there.
+        reach = tuple(max(abs(o[axis]) for o in self.segment.offsets) for axis in range(3))
+        if any(o < r for o, r in zip(self.predict.overlap, reach)):
+            raise ValueError(f"predict.overlap {tuple(self.predict.overlap)} must be at least the longest "
+                             f"segment.offsets step per axis {reach}: affinities are computed inside each tile")
+        return self
 
     @model_validator(mode="after")
     def _affinity_source_needs_head(self) -> Params:

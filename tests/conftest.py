@@ -22,7 +22,9 @@ def tiny_params_dict(**overrides) -> dict:
         "model": {"base_channels": 4, "embedding_dim": 4, "downsample": [[2, 2, 2]]},
         "train": {"steps": 3, "patch": [16, 16, 16], "val_every": 2, "log_every": 1, "min_labelled": 0.0},
         "predict": {"patch": [16, 16, 16], "overlap": [4, 4, 4]},
-        "segment": {"min_size": 5},
+        # Offsets no longer than the tiles' overlap: affinities are computed inside each tile.
+        "segment": {"min_size": 5, "offsets": [[-1, 0, 0], [0, -1, 0], [0, 0, -1], [-3, 0, 0], [0, -3, 0],
+                                               [0, 0, -3], [-4, -4, 0], [0, -4, -4], [-4, 0, -4]]},
         "tracking": {"enabled": False},
     }
     for dotted, value in overrides.items():

@@ -41,12 +41,12 @@ def test_train_predict_segment_evaluate(tmp_path, prepared, params_file, capsys)
     assert state["params"]["train"]["steps"] == 4
 
     assert _run(capsys, "predict", "--params", params_file, "--checkpoint", ckpt,
-                "--raw", f"{prepared / 'test.h5'}:raw", "--out", pred)[0] == 0
+                "--raw", f"{prepared / 'test.h5'}:raw", "--out", pred, "--embedding", "--quiet")[0] == 0
     with h5py.File(pred) as handle:
-        assert handle["embedding"].shape == (4, 16, 24, 24)
-        assert handle["affinities"].shape == (12, 16, 24, 24)
-        assert handle["boundary"].shape == (16, 24, 24)
-        assert 0 <= handle["boundary"][...].min() and handle["boundary"][...].max() <= 1
+        assert handle["embedding"].shape == (4, 16, 24, 24) and handle["embedding"].dtype == np.float16
+        assert handle["affinities"].shape == (9, 16, 24, 24) and handle["affinities"].dtype == np.uint8
+        assert handle["boundary"].shape == (16, 24, 24) and handle["boundary"].dtype == np.uint8
+        assert 0 < handle["boundary"][...].max() <= 255
 
     assert _run(capsys, "segment", "--params", params_file, "--predictions", pred, "--out", seg)[0] == 0
     segmentation = read_volume(f"{seg}:segmentation")
@@ -162,10 +162,10 @@ def test_affinity_head_trains_predicts_and_segments(tmp_path, prepared, capsys):
     ckpt, pred, seg = tmp_path / "c.pt", tmp_path / "p.h5", tmp_path / "s.h5"
     code, out, err = _run(capsys, "train", "--params", params, "--data", prepared, "--out", ckpt)
     assert code == 0, err
-    assert torch.load(ckpt, weights_only=True)["model_args"]["affinity_channels"] == 12
+    assert torch.load(ckpt, weights_only=True)["model_args"]["affinity_channels"] == 9
     assert _run(capsys, "predict", "--params", params, "--checkpoint", ckpt, "--raw", f"{prepared / 'test.h5'}:raw",
                 "--out", pred)[0] == 0
     with h5py.File(pred) as handle:
         predicted = handle["predicted_affinities"][...]
-    assert predicted.shape == (12, 16, 24, 24) and 0 <= predicted.min() and predicted.max() <= 1
+    assert predicted.shape == (9, 16, 24, 24) and predicted.dtype == np.uint8 and predicted.max() > 0
     assert _run(capsys, "segment", "--params", params, "--predictions", pred, "--out", seg)[0] == 0

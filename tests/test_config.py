@@ -37,6 +37,7 @@ def test_committed_params_are_valid_and_name_every_key():
         ({"data": {"dataset": "cremi"}}, "'data.dataset'"),
         ({"segment": {"offsets": [[0, 0, 0], [1, 0, 0]], "attractive": 1}}, "(0, 0, 0)"),
         ({"predict": {"patch": [16, 16, 16], "overlap": [8, 4, 4]}}, "half"),
+        ({"predict": {"patch": [48, 48, 48], "overlap": [8, 12, 12]}}, "longest segment.offsets step"),
     ],
 )
 def test_invalid_params_are_named(raw, expected):

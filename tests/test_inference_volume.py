@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from melecole.inference.volume import _backward, _forward, augmentations, predict_volume
+from melecole.inference.transforms import backward as _backward, forward as _forward
+from melecole.inference.volume import augmentations, predict_volume
 
 
 @pytest.mark.parametrize("kind", ["none", "flips", "permutations"])

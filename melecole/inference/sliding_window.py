@@ -1,52 +1,27 @@
-"""Whole-volume prediction with a patch-sized model: overlapping tiles, blended.
+"""Generic sliding-window inference of a whole volume with any tile predictor.
 
 Tiles overlap by ``overlap`` voxels; the last tile along each axis is aligned to the volume's
-end so every voxel is covered. Overlapping predictions are averaged with a smooth window that is
-largest at a tile's centre, where the network has the most context, and small but never zero at
-its faces, so border voxels covered by one tile only keep that tile's prediction exactly.
+end so every voxel is covered. Overlapping predictions are averaged with a smooth window
+(:func:`melecole.inference.blend.blend_window`), so border voxels covered by one tile only keep
+that tile's prediction exactly. The model-specific path (affinities per tile, test-time
+augmentation) is :mod:`melecole.inference.region`; both share the grid and the blending.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
-Triple = tuple[int, int, int]
+from melecole.inference.blend import RegionBlender, blend_window
+from melecole.inference.region import read_padded
+from melecole.inference.tiling import TileGrid, as_triple, tile_starts
+
+__all__ = ["blend_window", "sliding_window_predict", "tile_starts"]
+
 Predictor = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
-
-
-def _triple(value: int | Sequence[int], name: str) -> Triple:
-    values = (int(value),) * 3 if np.isscalar(value) else tuple(int(v) for v in value)
-    if len(values) != 3:
-        raise ValueError(f"{name} must have 3 entries (z, y, x), got {value}")
-    return values
-
-
-def tile_starts(size: int, patch: int, overlap: int) -> list[int]:
-    """Start indices of the tiles along one axis of length ``size >= patch``.
-
-    Steps of ``patch - overlap``, plus a last tile ending exactly at ``size``.
-    """
-    last = size - patch
-    starts = list(range(0, last + 1, patch - overlap))
-    if starts[-1] != last:
-        starts.append(last)
-    return starts
-
-
-def blend_window(patch: Sequence[int]) -> np.ndarray:
-    """Separable sine window ``prod_axis sin(pi * (i + 0.5) / P)``: 1 near the centre, small but
-    positive at the faces. float32 ``(Z, Y, X)``."""
-    axes = [np.sin(np.pi * (np.arange(p) + 0.5) / p) for p in patch]
-    return (axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]).astype(np.float32)
-
-
-def _batches(starts: Iterator[Triple], batch_size: int) -> Iterator[list[Triple]]:
-    while batch := list(itertools.islice(starts, batch_size)):
-        yield batch
 
 
 def sliding_window_predict(
@@ -80,63 +55,40 @@ def sliding_window_predict(
             not fit, quoting the values.
 
     A volume smaller than the patch along an axis is reflection-padded at its end and the
-    result cropped back. Memory: one accumulator per output plus one weight volume, never a
-    list of all tiles.
+    result cropped back. Memory: one accumulator and one weight volume per output.
     """
     raw = np.asarray(raw, dtype=np.float32)
     if raw.ndim != 3:
         raise ValueError(f"raw must be (Z, Y, X), got shape {raw.shape}")
-    patch, overlap, divisor = _triple(patch, "patch"), _triple(overlap, "overlap"), _triple(divisor, "divisor")
+    patch, overlap, divisor = as_triple(patch, "patch"), as_triple(overlap, "overlap"), as_triple(divisor, "divisor")
     if min(patch) < 1 or min(divisor) < 1:
         raise ValueError(f"patch {patch} and divisor {divisor} must be positive")
     if any(p % d for p, d in zip(patch, divisor)):
         raise ValueError(f"patch {patch} is not divisible by divisor {divisor}")
-    if any(o < 0 or o >= p for o, p in zip(overlap, patch)):
-        raise ValueError(f"overlap {overlap} must be >= 0 and below patch {patch}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     device = torch.device("cpu") if device is None else torch.device(device)
-
-    shape = raw.shape
-    padded_shape = tuple(max(s, p) for s, p in zip(shape, patch))
-    if padded_shape != shape:
-        raw = np.pad(raw, [(0, ps - s) for ps, s in zip(padded_shape, shape)], mode="reflect")
-
-    window = blend_window(patch)  # (Z, Y, X)
-    weight = np.zeros(padded_shape, dtype=np.float32)  # (Z, Y, X)
-    sums: dict[str, np.ndarray] = {}  # key -> (C_k, Z, Y, X), created at the first batch
-    starts = itertools.product(*(tile_starts(s, p, o) for s, p, o in zip(padded_shape, patch, overlap)))
-
+    grid = TileGrid(raw.shape, patch, overlap)
+    padded = read_padded(lambda region: raw[region], raw.shape, tuple(slice(0, s) for s in grid.padded_shape))
+    blender = RegionBlender(tuple(slice(0, s) for s in raw.shape), patch)
+    starts = iter(grid.starts())
+    keys: set[str] | None = None
     with torch.inference_mode():
-        for batch in _batches(starts, batch_size):
-            regions = [tuple(slice(b, b + p) for b, p in zip(start, patch)) for start in batch]
-            tiles = np.stack([raw[region] for region in regions])[:, None]  # (B, 1, Z, Y, X)
+        while batch := list(itertools.islice(starts, batch_size)):
+            tiles = np.stack([padded[grid.box(start)] for start in batch])[:, None]  # (B, 1, Z, Y, X)
             outputs = predictor(torch.from_numpy(tiles).to(device))
             if not isinstance(outputs, Mapping):
                 raise ValueError(f"predictor must return a dict of tensors, got {type(outputs).__name__}")
-            if sums and set(outputs) != set(sums):
-                raise ValueError(f"predictor returned keys {sorted(outputs)}, earlier {sorted(sums)}")
+            if keys is not None and set(outputs) != keys:
+                raise ValueError(f"predictor returned keys {sorted(outputs)}, earlier {sorted(keys)}")
+            keys = set(outputs)
             for key, tensor in outputs.items():
                 if tensor.ndim != 5 or tuple(tensor.shape[2:]) != patch or tensor.shape[0] != len(batch):
                     raise ValueError(
                         f"predictor output '{key}' has shape {tuple(tensor.shape)}, "
                         f"expected ({len(batch)}, C, {', '.join(map(str, patch))})"
                     )
-                values = tensor.detach().float().cpu().numpy()  # (B, C_k, Z, Y, X)
-                if key not in sums:
-                    sums[key] = np.zeros((values.shape[1],) + padded_shape, dtype=np.float32)
-                if sums[key].shape[0] != values.shape[1]:
-                    raise ValueError(
-                        f"predictor output '{key}' changed from {sums[key].shape[0]} to {values.shape[1]} channels"
-                    )
-                for region, value in zip(regions, values):
-                    sums[key][(slice(None),) + region] += value * window
-            for region in regions:
-                weight[region] += window
-
-    crop = (slice(None),) + tuple(slice(0, s) for s in shape)
-    result = {}
-    for key, total in sums.items():
-        total /= weight  # every voxel has positive weight: tiles cover the volume, window > 0
-        result[key] = np.ascontiguousarray(total[crop]) if padded_shape != shape else total
-    return result
+            values = {key: tensor.detach().float().cpu().numpy() for key, tensor in outputs.items()}
+            for b, start in enumerate(batch):
+                blender.add(start, {key: (value[b], None) for key, value in values.items()})
+    return blender.result()

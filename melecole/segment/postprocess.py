@@ -72,7 +72,7 @@ def _affinity_pairs(
 def _aggregate(
     lo: np.ndarray, hi: np.ndarray, total: np.ndarray, count: np.ndarray, n_nodes: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Sums ``total`` and ``count`` per unordered pair, dropping self-pairs."""
+    """Sums ``total`` and ``count`` per unordered pair of node indices, dropping self-pairs."""
     lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     keep = lo != hi
     lo, hi, total, count = lo[keep], hi[keep], total[keep], count[keep]
@@ -86,6 +86,101 @@ def _aggregate(
     )
 
 
+def _indices(ids: np.ndarray, query: np.ndarray, what: str) -> np.ndarray:
+    """Positions of ``query`` in the sorted ``ids``; every query must be present."""
+    position = np.minimum(np.searchsorted(ids, query), max(len(ids) - 1, 0))
+    if len(query) and (len(ids) == 0 or np.any(ids[position] != query)):
+        missing = query[ids[position] != query] if len(ids) else query
+        raise ValueError(f"{what} holds ids missing from ids ({len(ids)},), e.g. {int(missing[0])}")
+    return position
+
+
+def merge_small_on_graph(
+    lo: np.ndarray,
+    hi: np.ndarray,
+    total: np.ndarray,
+    count: np.ndarray,
+    ids: np.ndarray,
+    sizes: np.ndarray,
+    min_size: int,
+    use_affinity: bool = False,
+) -> np.ndarray:
+    """Merges every node smaller than ``min_size`` into its strongest neighbour, on a region graph.
+
+    The strongest neighbour has the largest ``count`` (faces shared) or, with ``use_affinity``,
+    the largest mean ``total / count`` (mean affinity over the boundary). Ties go to the
+    neighbour with the lower id. Merging runs in rounds: in each round every node that is still
+    small and has a neighbour joins its strongest neighbour at once (so a chain of small nodes
+    collapses together), then sizes, totals and counts are summed over the merged groups (so the
+    score of merged groups stays exact), and in later rounds a group ranks as its lowest id.
+    Rounds stop when no small group has a neighbour. The caller leaves background out.
+
+    Ids may be any distinct uint64 values (e.g. block-offset fragment ids up to 2**63): they are
+    only sorted and searched, never used as array indices.
+
+    Args:
+        lo, hi: ``(E,)`` ids of the two nodes of each edge; duplicate pairs are summed, pairs of a
+            node with itself are ignored.
+        total: ``(E,)`` evidence per edge (faces, or the sum of affinities); read with
+            ``use_affinity``.
+        count: ``(E,)`` voxel faces per edge.
+        ids: ``(N,)`` distinct node ids, in any order; must hold every id of ``lo`` and ``hi``.
+        sizes: ``(N,)`` voxels per node.
+        min_size: nodes with fewer voxels are merged; 0 or 1 merges nothing.
+        use_affinity: rank neighbours by mean affinity instead of contact.
+
+    Returns:
+        ``(N,)`` uint64: for each entry of ``ids``, the lowest id of the group it ends in.
+    """
+    ids = np.asarray(ids, dtype=np.uint64)
+    sizes = np.asarray(sizes)
+    lo, hi = np.asarray(lo, dtype=np.uint64), np.asarray(hi, dtype=np.uint64)
+    total, count = np.asarray(total, dtype=np.float64), np.asarray(count, dtype=np.float64)
+    if ids.ndim != 1 or sizes.shape != ids.shape:
+        raise ValueError(f"ids {ids.shape} and sizes {sizes.shape} must be one entry per node")
+    if not lo.shape == hi.shape == total.shape == count.shape or lo.ndim != 1:
+        raise ValueError(f"lo {lo.shape}, hi {hi.shape}, total {total.shape} and count {count.shape} "
+                         "must be one entry per edge")
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]  # (N,); node index = rank of the id, so a lower index is a lower id
+    if np.any(sorted_ids[1:] == sorted_ids[:-1]):
+        raise ValueError(f"ids ({len(ids)},) are not distinct")
+    n_nodes = len(ids)
+    src, dst = _indices(sorted_ids, lo, "lo"), _indices(sorted_ids, hi, "hi")
+    lo, hi, total, count = _aggregate(src, dst, total, count, max(n_nodes, 1))
+    sizes = sizes[order].astype(np.int64)  # (n_nodes,)
+    group = np.arange(n_nodes)  # node index -> current group index
+    if min_size <= 1:
+        lo = lo[:0]
+
+    while len(lo):
+        score = total / count if use_affinity else count
+        src, dst, both = np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([score, score])
+        small = sizes[src] < min_size
+        if not small.any():
+            break
+        src, dst, both = src[small], dst[small], both[small]
+        # Per source: best score first, then the lower index (the lower id).
+        order_edges = np.lexsort((dst, -both, src))
+        src, dst = src[order_edges], dst[order_edges]
+        best = np.r_[True, src[1:] != src[:-1]]
+        merges = coo_matrix(
+            (np.ones(int(best.sum()), dtype=np.int8), (src[best], dst[best])), shape=(n_nodes, n_nodes)
+        )
+        # Components are numbered in order of their lowest node index, so group indices keep
+        # ranking groups by their lowest id.
+        n_nodes, component = connected_components(merges, directed=False)
+        group = component[group]
+        sizes = np.bincount(component, weights=sizes, minlength=n_nodes).astype(np.int64)
+        lo, hi, total, count = _aggregate(component[lo], component[hi], total, count, n_nodes)
+
+    # The lowest id of each group: ids are sorted, so the first node of a group has it.
+    _, first, inverse = np.unique(group, return_index=True, return_inverse=True)
+    representative = np.empty(len(ids), dtype=np.uint64)
+    representative[order] = sorted_ids[first[inverse]]
+    return representative
+
+
 def merge_small_segments(
     segmentation: np.ndarray,
     min_size: int,
@@ -97,11 +192,12 @@ def merge_small_segments(
     The strongest neighbour is the one sharing the most voxel faces (6-neighbourhood) or, when
     ``affinities`` and ``offsets`` are given, the one with the highest mean affinity over the
     boundary's nearest-neighbour edges (channels whose offset is one unit step). Ties go to the
-    neighbour whose first voxel comes first in C order. Merging runs in rounds on the region graph: in each round every segment that
-    is still small and has a neighbour joins its strongest neighbour at once (so a chain of small
-    segments collapses together), then sizes and contacts are summed over the merged groups.
-    Rounds stop when no small segment has a neighbour; a small segment touching only background
-    or the volume border stays. Background 0 never takes part.
+    neighbour whose first voxel comes first in C order. Merging runs in rounds on the region
+    graph (:func:`merge_small_on_graph`): in each round every segment that is still small and has
+    a neighbour joins its strongest neighbour at once (so a chain of small segments collapses
+    together), then sizes and contacts are summed over the merged groups. Rounds stop when no
+    small segment has a neighbour; a small segment touching only background or the volume
+    border stays. Background 0 never takes part.
 
     Args:
         segmentation: ``(Z, Y, X)`` integer labels, 0 = background. Not modified.
@@ -113,44 +209,22 @@ def merge_small_segments(
     Returns:
         uint64 ``(Z, Y, X)`` segmentation with consecutive ids from 1 (0 stays 0).
     """
-    labels = relabel_consecutive(segmentation)  # (Z, Y, X), ids 0..n
+    labels = relabel_consecutive(segmentation)  # (Z, Y, X), ids 0..n in order of first voxel
     if (affinities is None) != (offsets is None):
         raise ValueError("affinities and offsets go together: pass both or neither")
-    n_nodes = int(labels.max(initial=0)) + 1
-    if min_size <= 1 or n_nodes <= 2:
+    n_segments = int(labels.max(initial=0))
+    if min_size <= 1 or n_segments <= 1:
         return labels
 
-    # Per boundary pair: ``total`` sums the evidence (one per face, or the affinity), ``count``
-    # the faces; both add up when groups merge, so the score of merged groups stays exact.
+    # Per boundary face: the evidence (one per face, or the affinity) and one face.
     if affinities is None:
         first, second = _face_pairs(labels)
         values = np.ones(len(first), dtype=np.float64)
     else:
         first, second, values = _affinity_pairs(labels, affinities, offsets)
-    lo, hi, total, count = _aggregate(first, second, values, np.ones(len(first)), n_nodes)
-    sizes = np.bincount(labels.ravel(), minlength=n_nodes).astype(np.int64)  # (n_nodes,)
-    sizes[0] = 0  # background is never a candidate: it has no edges anyway
-    group = np.arange(n_nodes)  # original label -> current group id
-
-    while len(lo):
-        score = count if affinities is None else total / count
-        src, dst, both = np.concatenate([lo, hi]), np.concatenate([hi, lo]), np.concatenate([score, score])
-        small = sizes[src] < min_size
-        if not small.any():
-            break
-        src, dst, both = src[small], dst[small], both[small]
-        # Per source: best score first, then the lower id (ids follow first appearance in C order).
-        order = np.lexsort((dst, -both, src))
-        src, dst = src[order], dst[order]
-        best = np.r_[True, src[1:] != src[:-1]]
-        merges = coo_matrix(
-            (np.ones(int(best.sum()), dtype=np.int8), (src[best], dst[best])), shape=(n_nodes, n_nodes)
-        )
-        n_nodes, component = connected_components(merges, directed=False)
-        group = component[group]
-        sizes = np.bincount(component, weights=sizes, minlength=n_nodes).astype(np.int64)
-        lo, hi, total, count = _aggregate(component[lo], component[hi], total, count, n_nodes)
-
-    # Shift by one so no group can collide with background 0, then renumber.
-    merged = np.where(labels == 0, 0, group[labels].astype(np.uint64) + 1)
-    return relabel_consecutive(merged)
+    ids = np.arange(1, n_segments + 1, dtype=np.uint64)  # lower id = first voxel earlier
+    sizes = np.bincount(labels.ravel(), minlength=n_segments + 1)[1:]  # (n_segments,)
+    group = merge_small_on_graph(first, second, values, np.ones(len(first)), ids, sizes, min_size,
+                                 use_affinity=affinities is not None)
+    lookup = np.concatenate([np.zeros(1, dtype=np.uint64), group])  # background stays 0
+    return relabel_consecutive(lookup[labels])

@@ -5,11 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import h5py
-
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_segmentation
-from melecole.io import VolumeSpec, atomic_output, read_volume
+from melecole.io import VolumeSpec, atomic_output, open_container, read_volume
 from melecole.tracking import Tracker
 
 
@@ -21,9 +19,8 @@ def _score(seg_spec: VolumeSpec, ground_truth, gt_spec: VolumeSpec) -> dict[str,
 
 
 def _other_datasets(seg_spec: VolumeSpec) -> list[str]:
-    with h5py.File(seg_spec.path, "r") as handle:
-        return sorted(name for name, node in handle.items()
-                      if isinstance(node, h5py.Dataset) and name != seg_spec.dataset)
+    with open_container(seg_spec.path) as container:
+        return [name for name in container.names() if name != seg_spec.dataset]
 
 
 def evaluate(seg_spec: VolumeSpec, gt_spec: VolumeSpec, out: str | Path | None = None,

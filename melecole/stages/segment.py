@@ -17,13 +17,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import h5py
 import numpy as np
 
 from melecole.config import SegmentConfig
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_pooled
-from melecole.io import VolumeSpec, read_volume, write_volumes
+from melecole.inference.encoding import decode
+from melecole.io import open_container, write_volumes
 from melecole.segment.agglomerate import agglomerate, boundary_affinities
 from melecole.segment.mutex import mutex_watershed
 from melecole.segment.postprocess import merge_small_segments
@@ -128,37 +128,53 @@ def score_on(config: SegmentConfig, volumes: Sequence[Labelled], seed: int = 0) 
                              labels) for predictions, labels in volumes])
 
 
-def _stored(path: Path) -> tuple[list[tuple[int, int, int]] | None, float | None]:
-    with h5py.File(path, "r") as handle:
-        offsets = handle.attrs.get("offsets")
-        threshold = handle.attrs.get("agglomeration_threshold")
-    offsets = [tuple(o) for o in json.loads(offsets)] if offsets is not None else None
+def _stored(container) -> tuple[list[tuple[int, int, int]] | None, float | None]:
+    attrs = container.attrs
+    offsets, threshold = attrs.get("offsets"), attrs.get("agglomeration_threshold")
+    offsets = [tuple(o) for o in (json.loads(offsets) if isinstance(offsets, str) else offsets)] if offsets is not None else None
     return offsets, (float(threshold) if threshold is not None else None)
 
 
-def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, seed: int = 0) -> dict:
+def _checked_predictions(config: SegmentConfig, path: Path):
+    """The predictions container, its stored threshold, after checking offsets and shapes."""
+    container = open_container(path)
+    for name in ("affinities", "boundary"):
+        if name not in container.names():
+            raise MelecoleError(f"{path}: no dataset '{name}' (datasets: {', '.join(container.names()) or 'none'}); "
+                                "is this the output of melecole predict?")
+    affinities, boundary = container.dataset("affinities"), container.dataset("boundary")
+    offsets, calibrated = _stored(container)
+    if offsets is not None and offsets != [tuple(o) for o in config.offsets]:
+        raise MelecoleError(f"{path}: affinities were computed at offsets {offsets}, "
+                            f"but segment.offsets is {[tuple(o) for o in config.offsets]}; predict again")
+    if affinities.ndim != 4 or affinities.shape[0] != len(config.offsets) or affinities.shape[1:] != boundary.shape:
+        raise MelecoleError(f"{path}: affinities {affinities.shape} and boundary {boundary.shape} do not "
+                            f"match {len(config.offsets)} offsets over one volume")
+    return container, calibrated
+
+
+def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, seed: int = 0,
+            blockwise: bool = False, scheduling=None, block: tuple[int, int, int] | None = None,
+            context: int = 8, chunks: tuple[int, int, int] = (64, 64, 64)) -> dict:
     """Writes dataset ``segmentation`` (the configured method) and one dataset per baseline.
 
     The offsets stored with the affinities must match ``config.offsets``; the agglomeration
     threshold is ``config.agglomeration.threshold`` or, when that is null, the one the
-    checkpoint chose on the validation volume.
+    checkpoint chose on the validation volume. Stored uint8 probabilities are read back as
+    float32 (value / 255).
+
+    With ``blockwise``, the agglomeration runs block by block on daisy and is stitched through
+    the graph of fragments (:mod:`melecole.blockwise.segment`); baselines are not computed.
     """
     path = Path(predictions)
-    affinities = read_volume(VolumeSpec(path, "affinities"), ndim=4)
-    boundary = read_volume(VolumeSpec(path, "boundary"))
-    offsets, calibrated = _stored(path)
-    if offsets is not None and offsets != [tuple(o) for o in config.offsets]:
-        raise MelecoleError(f"{path}: affinities were computed at offsets {offsets}, "
-                            f"but segment.offsets is {[tuple(o) for o in config.offsets]}; predict again")
-    if affinities.shape[0] != len(config.offsets) or affinities.shape[1:] != boundary.shape:
-        raise MelecoleError(f"{path}: affinities {affinities.shape} and boundary {boundary.shape} do not "
-                            f"match {len(config.offsets)} offsets over one volume")
-    predictions = {"affinities": affinities, "boundary": boundary}
-    with h5py.File(path, "r") as handle:
-        has_head = "predicted_affinities" in handle
-    if has_head:
-        predictions["predicted_affinities"] = read_volume(VolumeSpec(path, "predicted_affinities"), ndim=4)
+    container, calibrated = _checked_predictions(config, path)
     threshold = config.agglomeration.threshold if config.agglomeration.threshold is not None else calibrated
+    if blockwise:
+        return _segment_blockwise(config, container, path, Path(out), threshold, scheduling, block, context, chunks)
+    predictions = {"affinities": decode(container.dataset("affinities").read()),
+                   "boundary": decode(container.dataset("boundary").read())}
+    if "predicted_affinities" in container.names():
+        predictions["predicted_affinities"] = decode(container.dataset("predicted_affinities").read())
     outputs, seconds = {}, {}
     for method in [config.method] + [b for b in config.baselines if b != config.method]:
         start = time.perf_counter()
@@ -168,5 +184,38 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
     attrs = {"source": str(path), "method": config.method, "baselines": json.dumps(config.baselines)}
     if threshold is not None:
         attrs["agglomeration_threshold"] = threshold
-    write_volumes(out, outputs, attrs)
+    write_volumes(out, outputs, attrs, voxel_size=container.dataset("boundary").voxel_size)
     return {"seconds": seconds, "segments": int(outputs["segmentation"].max()), "threshold": threshold}
+
+
+def _segment_blockwise(config: SegmentConfig, container, path: Path, out: Path, threshold: float | None,
+                       scheduling, block, context: int, chunks) -> dict:
+    from melecole.blockwise.geometry import aligned_block, automatic_block
+    from melecole.blockwise.run import Scheduling
+    from melecole.blockwise.segment import segment_in_blocks
+
+    if config.method != "agglomeration" or config.agglomeration.scoring != "mean":
+        raise MelecoleError(f"segment --blockwise runs segment.method 'agglomeration' with scoring 'mean' (got "
+                            f"'{config.method}', '{config.agglomeration.scoring}'); run the others on the whole volume")
+    if threshold is None:
+        raise MelecoleError("segment.agglomeration.threshold is null and the predictions carry no threshold chosen "
+                            "in training; set one")
+    if out.suffix != ".zarr":
+        raise MelecoleError(f"{out}: a blockwise segmentation writes a zarr store (several processes write at "
+                            "once); name the output *.zarr")
+    shape = container.dataset("boundary").shape
+    chunks = tuple(min(c, s) for c, s in zip(chunks, shape))
+    block = aligned_block(block, chunks, "segment block") if block is not None else automatic_block(
+        shape, chunks, bytes_per_voxel=64, budget_bytes=2 * 2**30)
+    if context < 0:
+        raise MelecoleError(f"segment --context {context} must be 0 or more voxels")
+    attrs = {"source": str(path), "method": "agglomeration", "baselines": "[]", "blockwise": True,
+             "agglomeration_threshold": threshold}
+    job = {"stage": "segment", "predictions": str(path.resolve()), "predictions_attrs": dict(container.attrs),
+           "shape": list(shape), "segment": config.model_dump(mode="json"), "threshold": threshold,
+           "block": list(block), "context": context, "chunks": list(chunks)}
+    start = time.perf_counter()
+    figures = segment_in_blocks(path, out, config.agglomeration.source, threshold, config.min_size, block, context,
+                                chunks, scheduling or Scheduling(), job, attrs)
+    return {"seconds": {"agglomeration": round(time.perf_counter() - start, 3)}, "threshold": threshold,
+            "block": list(block), **figures}

@@ -32,6 +32,7 @@ from melecole.data.sampling import PatchSampler
 from melecole.data.views import views_read_shape
 from melecole.distributed import DistContext
 from melecole.errors import MelecoleError
+from melecole.inference.encoding import round_trip
 from melecole.inference.volume import predict_volume
 from melecole.io import atomic_output, check_same_shape, read_volumes
 from melecole.losses import EmbeddingLoss, MultitaskLoss
@@ -100,8 +101,10 @@ def validation_scores(params: Params, model: torch.nn.Module, volumes: list[tupl
     threshold, which is returned under ``threshold``.
     """
     loss, cfg = params.train.loss, params.predict
-    predicted = [(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
-                                 loss.delta_d, loss.norm, augment, cfg.affinity), labels) for raw, labels in volumes]
+    # Quantised as predict stores them, so the threshold is chosen on what segment will read.
+    predicted = [(round_trip(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
+                                            loss.delta_d, loss.norm, augment, cfg.affinity, embedding=False)), labels)
+                 for raw, labels in volumes]
     return score_on(params.segment, predicted, params.seed)
 
 
