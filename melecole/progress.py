@@ -9,6 +9,15 @@ from typing import TextIO
 from tqdm import tqdm
 
 
+def work_bar(total: int, desc: str, unit: str, enabled: bool = True, stream: TextIO | None = None) -> tqdm:
+    """A tqdm bar of ``total`` units of work (tiles, blocks) with rate and ETA, on stderr; redrawn
+    every second on a terminal, every 30 seconds in a log file."""
+    stream = stream or sys.stderr
+    interactive = hasattr(stream, "isatty") and stream.isatty()
+    return tqdm(total=total, unit=unit, desc=desc, dynamic_ncols=True, mininterval=1.0 if interactive else 30.0,
+                file=stream, disable=not enabled, leave=False)
+
+
 class ProgressBar:
     """A tqdm bar of optimiser steps with the latest loss and patches/s; tqdm adds the rate and ETA.
 

@@ -5,7 +5,10 @@ faces keep one id, and a rerun after completion is a no-op that reproduces the o
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 import sys
 from pathlib import Path
 
@@ -23,11 +26,11 @@ MELECOLE = [sys.executable, "-m", "melecole.cli"]
 SHAPE = (24, 48, 48)
 
 
-def _labels(seed: int = 0) -> np.ndarray:
+def _labels(seed: int = 0, shape=SHAPE) -> np.ndarray:
     """Voronoi cells of random seeds: touching objects, many crossing any block face."""
     rng = np.random.default_rng(seed)
-    seeds = np.zeros(SHAPE, dtype=np.int32)
-    points = rng.integers(0, SHAPE, size=(30, 3))
+    seeds = np.zeros(shape, dtype=np.int32)
+    points = rng.integers(0, shape, size=(30, 3))
     seeds[tuple(points.T)] = np.arange(1, 31)
     _, nearest = ndimage.distance_transform_edt(seeds == 0, return_indices=True)
     return seeds[tuple(nearest)].astype(np.uint64)
@@ -43,8 +46,8 @@ def _affinities(labels: np.ndarray, offsets, seed: int = 1) -> np.ndarray:
     return np.clip(out * 0.8 + 0.1 + noise, 0, 1)
 
 
-def _write_predictions(path: Path, offsets) -> np.ndarray:
-    labels = _labels()
+def _write_predictions(path: Path, offsets, shape=SHAPE) -> np.ndarray:
+    labels = _labels(shape=shape)
     affinities = _affinities(labels, offsets)
     container = create_container(path)
     for name, values in (("affinities", affinities), ("predicted_affinities", affinities),
@@ -64,14 +67,14 @@ def _segment(tmp_path: Path, params: Path, out: Path, *extra: str) -> dict:
     return json.loads(result.stdout)
 
 
-def _setup(tmp_path: Path) -> tuple[Path, np.ndarray, list]:
+def _setup(tmp_path: Path, shape=SHAPE) -> tuple[Path, np.ndarray, list]:
     params = tiny_params_dict(**{"segment.agglomeration.source": "affinities", "segment.baselines": [],
                                  "model.affinity_head": True,
                                  "segment.min_size": 20, "predict.chunks": [8, 8, 8]})
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(params))
     offsets = [tuple(o) for o in params["segment"]["offsets"]]
-    return path, _write_predictions(tmp_path / "pred.zarr", offsets), offsets
+    return path, _write_predictions(tmp_path / "pred.zarr", offsets, shape), offsets
 
 
 def _vi(a: np.ndarray, b: np.ndarray) -> float:
@@ -126,3 +129,30 @@ def test_a_finished_run_is_redone_from_scratch_and_unsupported_methods_are_refus
                              "--out", str(tmp_path / "m.zarr"), "--blockwise"], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode == 2 and "agglomeration" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_killed_blockwise_segmentation_resumes_and_gives_the_same_result(tmp_path):
+    params, _, _ = _setup(tmp_path, shape=(48, 64, 64))
+    block = ["--blockwise", "--block", "8", "16", "16"]  # 96 blocks
+    reference = _segment(tmp_path, params, tmp_path / "reference.zarr", *block)
+    command = [*MELECOLE, "segment", "--params", str(params), "--predictions", str(tmp_path / "pred.zarr"),
+               "--out", str(tmp_path / "s.zarr"), "--quiet", *block]
+    process = subprocess.Popen(command, cwd=tmp_path, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    graphs = tmp_path / ".s.zarr.blockwise" / "graphs"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(graphs.glob("*.npz"))) < 10:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    done = len(list(graphs.glob("*.npz")))
+    assert 10 <= done < 96, f"kill came too late ({done} of 96 graph blocks)"
+    assert not (tmp_path / "s.zarr").exists()
+    resumed = _segment(tmp_path, params, tmp_path / "s.zarr", *block)
+    assert resumed["resumed"]
+    assert resumed["blocks"]["fragments"]["done_before"] == 96  # every fragment block was finished
+    assert done - 1 <= resumed["blocks"]["graph"]["done_before"] <= done
+    assert resumed["blocks"]["relabel"]["done_before"] == 0
+    np.testing.assert_array_equal(open_container(tmp_path / "s.zarr").dataset("segmentation").read(),
+                                  open_container(tmp_path / "reference.zarr").dataset("segmentation").read())
+    assert resumed["segments"] == reference["segments"]

@@ -77,6 +77,13 @@ class PredictBlocks:
         )
         return self._state
 
+    def close(self) -> None:
+        """Closes the files this process opened (the in-process run's, before the rename)."""
+        if self._state:
+            self._state["container"].close()
+            self._state["raw"].close()
+            self._state.clear()
+
     def __call__(self, region: Region) -> None:
         state = self._setup()
         raw = state["raw"]

@@ -13,7 +13,13 @@ from melecole.inference.region import TilePredictor, predict_region
 from melecole.inference.tiling import TileGrid, as_triple
 from melecole.inference.transforms import augmentations, remap_affinities, transformed_offset
 
-__all__ = ["augmentations", "check_patch", "model_device", "predict_volume", "remap_affinities", "transformed_offset"]
+__all__ = ["augmentations", "check_patch", "count_tiles", "model_device", "predict_volume", "remap_affinities",
+           "transformed_offset"]
+
+
+def count_tiles(shape, patch, overlap) -> int:
+    """Tiles a whole-volume prediction of ``shape`` runs (per test-time transform)."""
+    return len(TileGrid.of(shape, patch, overlap).starts())
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -35,7 +41,7 @@ def check_patch(model: torch.nn.Module, patch, augment: str = "none") -> None:
 def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, int, int],
                    overlap: tuple[int, int, int], batch_size: int, offsets: list[tuple[int, int, int]],
                    delta_d: float, norm: str, augment: str = "none", metric: str = "distance",
-                   embedding: bool = True) -> dict[str, np.ndarray]:
+                   embedding: bool = True, on_tiles=None) -> dict[str, np.ndarray]:
     """Runs sliding-window inference over a normalised raw volume (Z, Y, X) held in memory.
 
     Returns:
@@ -44,7 +50,7 @@ def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, in
         similarity) instead), are computed per tile and, like the boundary, averaged over the
         test-time augmentations. With ``embedding``, the embedding (E, Z, Y, X) of the
         untransformed volume. A model with an affinity head adds predicted_affinities
-        (C, Z, Y, X) probabilities.
+        (C, Z, Y, X) probabilities. ``on_tiles(n)`` is called as tiles finish (progress).
     """
     raw = np.asarray(raw, dtype=np.float32)
     if raw.ndim != 3:
@@ -53,4 +59,4 @@ def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, in
     check_patch(model, patch, augment)
     grid = TileGrid.of(raw.shape, patch, overlap)
     predictor = TilePredictor(model, grid.patch, offsets, delta_d, norm, augment, metric, keep_embedding=embedding)
-    return predict_region(predictor, lambda region: raw[region], grid, batch_size=batch_size)
+    return predict_region(predictor, lambda region: raw[region], grid, batch_size=batch_size, on_tiles=on_tiles)

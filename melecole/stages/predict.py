@@ -134,7 +134,10 @@ def predict(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: s
                              device=params.train.device, threads=threads)
     raw.close()
     del model
-    counts = run_task(BlockTask("predict", shape, block, function), partial.workdir, scheduling)
+    try:
+        counts = run_task(BlockTask("predict", shape, block, function), partial.workdir, scheduling)
+    finally:
+        function.close()
     partial.finish()
     seconds = time.perf_counter() - start
     voxels = math.prod(shape)

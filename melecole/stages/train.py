@@ -33,13 +33,13 @@ from melecole.data.views import views_read_shape
 from melecole.distributed import DistContext
 from melecole.errors import MelecoleError
 from melecole.inference.encoding import round_trip
-from melecole.inference.volume import predict_volume
+from melecole.inference.volume import count_tiles, predict_volume
 from melecole.io import atomic_output, check_same_shape, read_volumes
 from melecole.losses import EmbeddingLoss, MultitaskLoss
 from melecole.losses.objective import ContrastiveObjective, ContrastivePlan
 from melecole.models import build_model
 from melecole.models.moco import MoCo
-from melecole.progress import MetricBuffer, ProgressBar
+from melecole.progress import MetricBuffer, ProgressBar, work_bar
 from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, fingerprint, for_other_ranks, restore
 from melecole.schedule import build_scheduler
 from melecole.stages.segment import score_on
@@ -102,9 +102,11 @@ def validation_scores(params: Params, model: torch.nn.Module, volumes: list[tupl
     """
     loss, cfg = params.train.loss, params.predict
     # Quantised as predict stores them, so the threshold is chosen on what segment will read.
-    predicted = [(round_trip(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size, params.segment.offsets,
-                                            loss.delta_d, loss.norm, augment, cfg.affinity, embedding=False)), labels)
-                 for raw, labels in volumes]
+    with work_bar(sum(count_tiles(raw.shape, cfg.patch, cfg.overlap) for raw, _ in volumes), "validate", "tile") as bar:
+        predicted = [(round_trip(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size,
+                                                params.segment.offsets, loss.delta_d, loss.norm, augment, cfg.affinity,
+                                                embedding=False, on_tiles=bar.update)), labels)
+                     for raw, labels in volumes]
     return score_on(params.segment, predicted, params.seed)
 
 
