@@ -124,3 +124,28 @@ def test_automatic_blocks_fit_the_budget_and_the_chunks():
     regions = block_regions(shape, block)
     covered = sum(np.prod([r.stop - r.start for r in region]) for region in regions)
     assert covered == np.prod(shape)
+
+
+def test_separable_validity_gives_the_weights_accumulating_them_would():
+    rng = np.random.default_rng(4)
+    patch, region = (4, 5, 6), (slice(1, 9), slice(0, 12), slice(2, 11))
+    masks = tuple((rng.random((2, p)) > 0.3).astype(np.float32) for p in patch)
+    full = masks[0][:, :, None, None] * masks[1][:, None, :, None] * masks[2][:, None, None, :]
+    analytic, accumulated = RegionBlender(region, patch), RegionBlender(region, patch)
+    for start in TileGrid.of((10, 12, 13), patch, (1, 2, 3)).starts(region):
+        values = rng.random((2,) + patch).astype(np.float32)
+        analytic.add(start, {"v": (values, masks)})
+        accumulated.add(start, {"v": (values, full)})
+    np.testing.assert_allclose(analytic.result()["v"], accumulated.result()["v"], rtol=1e-5, atol=1e-6)
+
+
+def test_tiles_that_do_not_form_a_grid_are_refused():
+    blender = RegionBlender(full_region((4, 4, 8)), (4, 4, 4))
+    blender.add((0, 0, 0), {"v": (np.ones((1, 4, 4, 4), dtype=np.float32), None)})
+    blender.add((0, 0, 4), {"v": (np.ones((1, 4, 4, 4), dtype=np.float32), None)})
+    np.testing.assert_allclose(blender.result()["v"], 1.0)
+    holes = RegionBlender(full_region((8, 4, 8)), (4, 4, 4))
+    for start in [(0, 0, 0), (4, 0, 4)]:
+        holes.add(start, {"v": (np.ones((1, 4, 4, 4), dtype=np.float32), None)})
+    with pytest.raises(ValueError, match="do not form a grid"):
+        holes.result()

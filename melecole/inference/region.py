@@ -27,7 +27,7 @@ import torch
 from melecole.inference.blend import RegionBlender
 from melecole.inference.tiling import Region, TileGrid, full_region, union_box
 from melecole.inference.transforms import Transform, augmentations, backward, forward, remap_affinities
-from melecole.segment.affinities import cosine_affinities, embedding_affinities, valid_mask
+from melecole.segment.affinities import cosine_affinities, embedding_affinities
 
 Reader = Callable[[Region], np.ndarray]  # region inside the volume -> normalised float32 (Z, Y, X)
 Offsets = Sequence[Sequence[int]]
@@ -87,7 +87,11 @@ class TilePredictor:
         self.offsets = [tuple(int(d) for d in o) for o in offsets]
         self.transforms: list[Transform] = augmentations(augment)
         self.keep_embedding = keep_embedding
-        self.tile_pairs = valid_mask(tuple(patch), self.offsets).astype(np.float32)  # (C, Z, Y, X)
+        # Pairs whose partner lies inside the tile, per axis: (C, P_axis) each, the product is the tile's.
+        self.tile_pairs = tuple(np.stack([((np.arange(p) + o[axis] >= 0) & (np.arange(p) + o[axis] < p))
+                                          for o in self.offsets]).astype(np.float32)
+                                for axis, p in enumerate(patch))
+        self.head_votes_everywhere = len(self.transforms) == 1
         parameter = next(model.parameters(), None)
         self.device = parameter.device if parameter is not None else torch.device("cpu")
         if metric == "cosine":
@@ -121,8 +125,10 @@ class TilePredictor:
             result = {"boundary": (boundary[b] / count, None), "affinities": (affinities[b] / count, self.tile_pairs)}
             if head[b] is not None:
                 values, votes = head[b]
+                # Without test-time transforms every channel has its vote everywhere.
+                validity = None if self.head_votes_everywhere else (votes > 0).astype(np.float32)
                 result["predicted_affinities"] = (np.divide(values, votes, out=np.zeros_like(values), where=votes > 0),
-                                                  (votes > 0).astype(np.float32))
+                                                  validity)
             if embeddings[b] is not None:
                 result["embedding"] = (embeddings[b], None)
             results.append(result)

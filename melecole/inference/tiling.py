@@ -119,3 +119,33 @@ def overlap_slices(box: Region, region: Region) -> tuple[Region, Region] | None:
         inside.append(slice(low - b.start, high - b.start))
         target.append(slice(low - r.start, high - r.start))
     return tuple(inside), tuple(target)
+
+
+def tile_runs(size: int, patch: int, overlap: int, block: int) -> int:
+    """Tile runs along one axis when a ``size`` axis is predicted in blocks of ``block`` voxels: a
+    tile touching two blocks runs once for each."""
+    starts = tile_starts(max(size, patch), patch, overlap)
+    runs = 0
+    for low in range(0, size, block):
+        high = min(size, low + block)
+        runs += sum(1 for s in starts if s < high and s + patch > low)
+    return runs
+
+
+def cheapest_block(grid: TileGrid, chunks: Sequence[int], bytes_per_voxel: float, budget_bytes: float) -> Triple:
+    """The chunk-aligned block that fits ``budget_bytes`` and runs the fewest tiles in total
+    (ties: the fewest blocks). At worst one chunk per axis."""
+    options = []
+    for size, chunk, patch, overlap in zip(grid.shape, chunks, grid.patch, grid.overlap):
+        sizes = sorted({min(size, k * chunk) for k in range(1, -(-size // chunk) + 1)})
+        options.append([(b, tile_runs(size, patch, overlap, b), -(-size // b)) for b in sizes])
+    best, best_key = None, None
+    for combo in itertools.product(*options):
+        voxels = int(np.prod([b for b, _, _ in combo], dtype=np.int64))
+        if voxels * bytes_per_voxel > budget_bytes and best is not None:
+            continue
+        key = (voxels * bytes_per_voxel > budget_bytes, int(np.prod([r for _, r, _ in combo], dtype=np.int64)),
+               int(np.prod([n for _, _, n in combo], dtype=np.int64)), -voxels)
+        if best_key is None or key < best_key:
+            best, best_key = tuple(-(-b // c) * c for (b, _, _), c in zip(combo, chunks)), key
+    return best

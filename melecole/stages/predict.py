@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from melecole.blockwise.geometry import aligned_block, automatic_block, grid_shape
+from melecole.blockwise.geometry import aligned_block
 from melecole.blockwise.partial import PartialOutput, file_digest
 from melecole.blockwise.predict import PredictBlocks
 from melecole.blockwise.run import BlockTask, Scheduling, run_task
@@ -26,14 +26,16 @@ from melecole.config import Params
 from melecole.data.normalize import check_normalisable, intensity_statistics
 from melecole.errors import MelecoleError
 from melecole.inference.encoding import STORED_DTYPES, stored_bytes_per_voxel
+from melecole.inference.tiling import TileGrid, cheapest_block
 from melecole.inference.volume import check_patch
 from melecole.io import VolumeSpec, create_container, open_volume
 from melecole.stages.train import resolve_device
 
-# float32 working bytes per voxel and channel of a block: value and weight accumulators, the
-# blended result, the stored copy; plus the raw tiles around the block.
-_WORKING_BYTES_PER_CHANNEL = 13
-_RAW_BYTES = 8
+# Working bytes per voxel of a block: per output channel a float32 accumulator (divided in
+# place) and its uint8 or float16 stored copy; per voxel the raw tiles around the block (float64
+# while normalised, then float32, with the tiles' margin).
+_WORKING_BYTES_PER_CHANNEL = 6
+_RAW_BYTES = 24
 
 
 def _channels(model, offsets: list, embedding: bool) -> dict[str, int]:
@@ -102,7 +104,8 @@ def predict(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: s
         block = aligned_block(block, chunks, "predict block")
     else:
         per_voxel = _WORKING_BYTES_PER_CHANNEL * sum(channels.values()) + _RAW_BYTES
-        block = automatic_block(shape, chunks, per_voxel, cfg.memory_gb * 2**30)
+        grid = TileGrid.of(shape, cfg.patch, cfg.overlap)
+        block = cheapest_block(grid, chunks, per_voxel, cfg.memory_gb * 2**30)
     voxel_size = tuple(voxel_size) if voxel_size is not None else raw.voxel_size
     attrs = {"offsets": json.dumps([list(o) for o in offsets]), "source": str(raw_spec),
              "checkpoint": str(checkpoint), "augment": cfg.augment, "affinity": cfg.affinity,
