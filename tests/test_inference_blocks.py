@@ -149,3 +149,23 @@ def test_tiles_that_do_not_form_a_grid_are_refused():
         holes.add(start, {"v": (np.ones((1, 4, 4, 4), dtype=np.float32), None)})
     with pytest.raises(ValueError, match="do not form a grid"):
         holes.result()
+
+
+def test_the_cheapest_block_fits_the_budget_and_runs_no_more_tiles_than_other_blocks():
+    from melecole.inference.tiling import cheapest_block, tile_runs
+
+    grid = TileGrid.of((100, 1024, 1024), (48, 48, 48), (12, 12, 12))
+    chunks, per_voxel, budget = (64, 64, 64), 174, 2 * 2**30
+    block = cheapest_block(grid, chunks, per_voxel, budget)
+    assert all(b % c == 0 for b, c in zip(block, chunks))
+    assert np.prod([min(b, s) for b, s in zip(block, grid.shape)]) * per_voxel <= budget
+
+    def runs(candidate):
+        return np.prod([tile_runs(s, p, o, b) for s, p, o, b in zip(grid.shape, grid.patch, grid.overlap, candidate)])
+
+    whole = runs(grid.shape)
+    assert whole == len(grid.starts())
+    for other in [(64, 256, 256), (128, 128, 512), (128, 192, 320), (64, 512, 256)]:
+        if np.prod([min(b, s) for b, s in zip(other, grid.shape)]) * per_voxel <= budget:
+            assert runs(block) <= runs(other)
+    assert cheapest_block(TileGrid.of((50, 250, 250), 48, 12), chunks, per_voxel, budget) == (64, 256, 256)
