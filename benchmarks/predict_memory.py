@@ -6,6 +6,7 @@ doubled), and prints the peak resident memory of each run, their ratio, the wall
 voxels per second, as JSON.
 
 Usage: python benchmarks/predict_memory.py [--params params.yaml] [--small 64 128 128] [--workers 1]
+       [--block Z Y X]
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--small", type=int, nargs=3, default=[64, 128, 128])
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--block", type=int, nargs=3, help="block shape (default: predict's choice within "
+                        "predict.memory_gb; a volume that fits one block grows the memory with it)")
     args = parser.parse_args()
 
     from melecole.config import load_params
@@ -49,6 +52,8 @@ def main() -> None:
             command = [sys.executable, "-m", "melecole.cli", "predict", "--params", args.params, "--checkpoint",
                        str(checkpoint), "--raw", str(folder / f"{name}.zarr/raw"), "--out",
                        str(folder / f"{name}-pred.zarr"), "--quiet", "--workers", str(args.workers)]
+            if args.block:
+                command += ["--block", *map(str, args.block)]
             measured = run_measured(command)
             if measured["returncode"] != 0:
                 raise SystemExit(measured["stderr_tail"])
