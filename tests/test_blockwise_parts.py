@@ -8,9 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from melecole.blockwise.geometry import aligned_block, block_regions, grid_shape
+from melecole.blockwise.geometry import aligned_block, block_index, block_regions, grid_shape
 from melecole.blockwise.partial import PartialOutput
-from melecole.blockwise.segment import block_index
 from melecole.data.normalize import intensity_statistics, normalize_raw
 from melecole.errors import MelecoleError
 from melecole.inference.encoding import decode, encode, round_trip, stored_bytes_per_voxel

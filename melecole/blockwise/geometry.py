@@ -9,6 +9,8 @@ import itertools
 import math
 from collections.abc import Sequence
 
+import numpy as np
+
 from melecole.errors import MelecoleError
 
 Triple = tuple[int, int, int]
@@ -53,11 +55,19 @@ def automatic_block(shape: Sequence[int], chunks: Sequence[int], bytes_per_voxel
     return tuple(block)
 
 
-def grow(region: Region, context: Sequence[int], shape: Sequence[int]) -> Region:
-    """``region`` grown by ``context`` voxels on both sides, clipped to the volume."""
-    return tuple(slice(max(0, r.start - int(c)), min(int(s), r.stop + int(c))) for r, c, s in zip(region, context, shape))
+def grow(region: Region, before: int, after: int, shape: Sequence[int]) -> Region:
+    """``region`` grown by ``before`` voxels at its lower faces and ``after`` at its upper ones,
+    clipped to the volume."""
+    return tuple(slice(max(0, r.start - int(before)), min(int(s), r.stop + int(after))) for r, s in zip(region, shape))
 
 
 def inner(region: Region, outer: Region) -> Region:
     """``region`` as slices into the array of ``outer`` that contains it."""
     return tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer))
+
+
+def block_index(region: Region, block: Sequence[int], shape: Sequence[int]) -> int:
+    """The C-order index of the block whose write region is ``region``."""
+    counts = grid_shape(shape, block)
+    corner = [r.start // int(b) for r, b in zip(region, block)]
+    return int(np.ravel_multi_index(corner, counts))

@@ -23,30 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
+from melecole.blockwise.geometry import block_index, grow, inner
 from melecole.inference.encoding import decode
 from melecole.segment.agglomerate import boundary_affinities
 from melecole.segment.graph import Graph, block_fragments, fragment_graph
 
 ID_BITS = 40
 Region = tuple[slice, slice, slice]
-
-
-def block_index(region: Region, block: tuple[int, int, int], shape: tuple[int, ...]) -> int:
-    """The C-order index of the block whose write region is ``region``."""
-    counts = [-(-int(s) // int(b)) for s, b in zip(shape, block)]
-    corner = [r.start // int(b) for r, b in zip(region, block)]
-    return int(np.ravel_multi_index(corner, counts))
-
-
-def grown(region: Region, before: int, after: int, shape) -> Region:
-    """``region`` grown by ``before`` voxels at its lower faces and ``after`` at its upper ones,
-    clipped to the volume."""
-    return tuple(slice(max(0, r.start - before), min(int(s), r.stop + after)) for r, s in zip(region, shape))
-
-
-def inside(region: Region, outer: Region) -> Region:
-    """``region`` as slices into the array of ``outer``."""
-    return tuple(slice(r.start - o.start, r.stop - o.start) for r, o in zip(region, outer))
 
 
 @dataclass
@@ -93,8 +76,8 @@ class FragmentBlocks:
         from melecole.io import open_container
 
         shape = self.affinities.shape
-        read = grown(region, self.context, self.context, shape)
-        local = block_fragments(self.affinities(read), inside(region, read))
+        read = grow(region, self.context, self.context, shape)
+        local = block_fragments(self.affinities(read), inner(region, read))
         offset = np.uint64(block_index(region, self.block, shape) << ID_BITS)
         ids = np.where(local == 0, np.uint64(0), local + offset)
         open_container(self.store, mode="a").dataset("fragments").write(tuple(r.start for r in region), ids)
@@ -113,9 +96,9 @@ class GraphBlocks:
         from melecole.io import open_container
 
         shape = self.affinities.shape
-        read = grown(region, 1, 0, shape)
+        read = grow(region, 1, 0, shape)
         fragments = open_container(self.store).dataset("fragments").read(read)
-        graph = fragment_graph(fragments, self.affinities(read), inside(region, read))
+        graph = fragment_graph(fragments, self.affinities(read), inner(region, read))
         path = Path(self.folder) / f"{block_index(region, self.block, shape)}.npz"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
@@ -172,8 +155,7 @@ def fragment_table(graph: Graph, threshold: float, min_size: int) -> tuple[np.nd
     between = relabel_graph(graph, ids, segments)
     final = merge_small_on_graph(between.lo, between.hi, between.count, between.count, between.ids,
                                  between.sizes, min_size)
-    order = np.argsort(between.ids)
-    merged = final[order][np.searchsorted(between.ids[order], segments)]  # (N,) per fragment
+    merged = final[np.searchsorted(between.ids, segments)]  # (N,) per fragment; between.ids is sorted
     _, consecutive = np.unique(merged, return_inverse=True)
     return ids, (consecutive + 1).astype(np.uint64)
 

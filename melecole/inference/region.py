@@ -61,6 +61,12 @@ def volume_pairs(shape: Sequence[int], offsets: Offsets, region: Region) -> np.n
     return mask
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device the model's parameters live on (CPU for a model without parameters)."""
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
 
@@ -92,8 +98,7 @@ class TilePredictor:
                                           for o in self.offsets]).astype(np.float32)
                                 for axis, p in enumerate(patch))
         self.head_votes_everywhere = len(self.transforms) == 1
-        parameter = next(model.parameters(), None)
-        self.device = parameter.device if parameter is not None else torch.device("cpu")
+        self.device = model_device(model)
         if metric == "cosine":
             self._affinities = lambda e: cosine_affinities(e, self.offsets)
         else:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from melecole.inference.region import TilePredictor, predict_region
+from melecole.inference.region import TilePredictor, model_device, predict_region
 from melecole.inference.tiling import TileGrid, as_triple
 from melecole.inference.transforms import augmentations, remap_affinities, transformed_offset
 
@@ -20,12 +20,6 @@ __all__ = ["augmentations", "check_patch", "count_tiles", "model_device", "predi
 def count_tiles(shape, patch, overlap) -> int:
     """Tiles a whole-volume prediction of ``shape`` runs (per test-time transform)."""
     return len(TileGrid.of(shape, patch, overlap).starts())
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    """The device the model's parameters live on (CPU for a model without parameters)."""
-    parameter = next(model.parameters(), None)
-    return parameter.device if parameter is not None else torch.device("cpu")
 
 
 def check_patch(model: torch.nn.Module, patch, augment: str = "none") -> None:

@@ -21,7 +21,6 @@ fragment ids may reach 2**63): they are sorted and searched, never used as array
 from __future__ import annotations
 
 import heapq
-import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -330,12 +329,12 @@ def agglomerate_graph(graph: Graph, threshold: float) -> tuple[np.ndarray, np.nd
 
 
 def _blocks(shape: tuple[int, ...], block_shape: Sequence[int] | None) -> list[Region]:
+    from melecole.blockwise.geometry import block_regions
+
     block_shape = tuple(shape) if block_shape is None else tuple(int(b) for b in block_shape)
     if len(block_shape) != 3 or min(block_shape) < 1:
         raise ValueError(f"block_shape {block_shape} must be three positive sizes for a volume {shape}")
-    starts = [range(0, n, b) for n, b in zip(shape, block_shape)]
-    return [tuple(slice(s, min(s + b, n)) for s, b, n in zip(corner, block_shape, shape))
-            for corner in itertools.product(*starts)]
+    return block_regions(shape, block_shape)
 
 
 def segment_via_graph(
@@ -366,20 +365,20 @@ def segment_via_graph(
     Returns:
         uint64 ``(Z, Y, X)`` segmentation, ids 1..n in order of first voxel (0 = background).
     """
+    from melecole.blockwise.geometry import grow, inner
+
     affinities = _checked_affinities(affinities)
     shape = affinities.shape[1:]
     blocks = _blocks(shape, block_shape)
     fragments = np.zeros(shape, dtype=np.uint64)  # (Z, Y, X), global ids
     for index, block in enumerate(blocks):
-        read = tuple(slice(max(s.start - context, 0), min(s.stop + context, n)) for s, n in zip(block, shape))
-        inside = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(block, read))
-        local = block_fragments(affinities[(slice(None), *read)], inside)
+        read = grow(block, context, context, shape)
+        local = block_fragments(affinities[(slice(None), *read)], inner(block, read))
         fragments[block] = np.where(local == 0, np.uint64(0), local + np.uint64(index << _ID_BITS))
     graphs = []
     for block in blocks:
-        grown = tuple(slice(max(s.start - 1, 0), s.stop) for s in block)
-        inside = tuple(slice(s.start - g.start, s.stop - g.start) for s, g in zip(block, grown))
-        graphs.append(fragment_graph(fragments[grown], affinities[(slice(None), *grown)], inside))
+        grown = grow(block, 1, 0, shape)
+        graphs.append(fragment_graph(fragments[grown], affinities[(slice(None), *grown)], inner(block, grown)))
     graph = merge_graphs(graphs)
     ids, segments = agglomerate_graph(graph, threshold)
     between = relabel_graph(graph, ids, segments)
