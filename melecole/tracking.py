@@ -13,6 +13,7 @@ training subprocess (or its torchrun ranks) creates appear under the study in ``
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -22,6 +23,11 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from melecole.errors import MelecoleError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; concurrent first runs may race there
+    fcntl = None
 
 LOCAL_STORE = "mlflow.db"
 PARENT_RUN_VARIABLE = "MELECOLE_MLFLOW_PARENT_RUN"
@@ -96,14 +102,43 @@ def inherited_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     return tags
 
 
+def _local_store(uri: str) -> Path | None:
+    """The database file of a local SQLite store, else None (a server or another database)."""
+    prefix = "sqlite:///"
+    return Path(uri[len(prefix):]) if uri.startswith(prefix) else None
+
+
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Holds an exclusive lock beside a local SQLite store (a no-op for any other store).
+
+    MLflow creates a new store by running its schema migrations; two processes migrating one
+    file at once leave it half migrated (``table _alembic_tmp_... already exists``), which no
+    retry repairs. Creating the store and the experiment under one lock avoids that race.
+    """
+    database = _local_store(uri)
+    if database is None or fcntl is None:
+        yield
+        return
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _experiment_id(mlflow, experiment: str) -> str:
+    uri = tracking_uri()
     for attempt in range(_ATTEMPTS):
         try:
-            return mlflow.set_experiment(experiment).experiment_id
+            with _store_lock(uri):
+                return mlflow.set_experiment(experiment).experiment_id
         except Exception as error:  # noqa: BLE001 - any store failure is reported the same way
-            # Two runs that start at once may race to create a new local store or experiment.
+            # A server may be briefly unavailable; a local store is created under the lock.
             if attempt == _ATTEMPTS - 1:
-                raise MelecoleError(f"MLflow store {tracking_uri()}: cannot start a run ({error})") from None
+                raise MelecoleError(f"MLflow store {uri}: cannot start a run ({error})") from None
             time.sleep(1 + attempt)
     raise AssertionError("not reached")
 
@@ -113,7 +148,8 @@ def find_runs(experiment: str, tags: Mapping[str, str]) -> list[str]:
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     client = mlflow.MlflowClient()
-    found = client.get_experiment_by_name(experiment)
+    with _store_lock(tracking_uri()):
+        found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
     query = " and ".join(f"tags.`{key}` = '{value}'" for key, value in tags.items())
@@ -126,7 +162,8 @@ def run_exists(run_id: str) -> bool:
     mlflow = _mlflow()
     mlflow.set_tracking_uri(tracking_uri())
     try:
-        return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
+        with _store_lock(tracking_uri()):
+            return mlflow.MlflowClient().get_run(run_id).info.lifecycle_stage == "active"
     except Exception:  # noqa: BLE001 - MlflowException for an unknown id; any failure means "not usable"
         return False
 
