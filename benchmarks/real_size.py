@@ -7,7 +7,7 @@ mirrored labels is one neuron), written to zarr. Pass a checkpoint trained on sy
 (``experiments/synthetic.yaml``) and its parameter file.
 
 Usage: python benchmarks/real_size.py --checkpoint CK --params PARAMS [--shape 100 1024 1024]
-       [--workers 2] [--out FOLDER]
+       [--workers 2] [--out FOLDER] [--stages predict segment evaluate]
 Prints one JSON object.
 """
 
@@ -63,6 +63,9 @@ def main() -> None:
     parser.add_argument("--shape", type=int, nargs=3, default=[100, 1024, 1024])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="outputs/real-size")
+    parser.add_argument("--stages", nargs="+", choices=("predict", "segment", "evaluate"),
+                        default=["predict", "segment", "evaluate"],
+                        help="stages to run; a later stage reuses the outputs an earlier run left in --out")
     args = parser.parse_args()
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,6 +85,8 @@ def main() -> None:
                      "--json"],
     }
     for name, command in stages.items():
+        if name not in args.stages:
+            continue
         measured = run_measured(command)
         if measured["returncode"] != 0:
             report[name] = measured

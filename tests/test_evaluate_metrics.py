@@ -331,3 +331,154 @@ def test_pooled_evaluation_refuses_nothing_and_names_bad_shapes():
         evaluate_pooled([])
     with pytest.raises(MelecoleError, match=r"\(2, 2\).*\(2, 3\)"):
         evaluate_pooled([(np.ones((2, 2), int), np.ones((2, 2), int)), (np.ones((2, 2), int), np.ones((2, 3), int))])
+
+
+# ---------------------------------------------------------------- block-by-block counting
+
+
+def _reference_pairs(seg: np.ndarray, gt: np.ndarray, ignore=(0,)):
+    """Distinct (seg, gt) pairs of counted voxels and their counts, by one np.unique of both."""
+    keep = ~np.isin(gt.ravel(), np.array(ignore, dtype=gt.dtype)) if ignore else np.ones(gt.size, bool)
+    pairs, counts = np.unique(np.stack([seg.ravel()[keep], gt.ravel()[keep]]), axis=1, return_counts=True)
+    return pairs[0], pairs[1], counts
+
+
+class _LazyVolume:
+    """A readable volume (shape, dtype, chunks, read(region)) that records what is read."""
+
+    def __init__(self, array: np.ndarray, chunks=None):
+        self._array, self.chunks = array, chunks
+        self.shape, self.dtype = array.shape, array.dtype
+        self.regions: list[tuple[slice, ...]] = []
+
+    def read(self, region):
+        self.regions.append(region)
+        return self._array[region].copy()
+
+
+@pytest.mark.parametrize("block_voxels", [1, 7, 97, 10**6])
+def test_table_does_not_depend_on_the_blocks(block_voxels):
+    # 7 and 97 divide neither the volume (5 * 9 * 11) nor a plane (99); 1 cuts every voxel apart.
+    rng = np.random.default_rng(8)
+    seg, gt = _random_pair(rng, (5, 9, 11), n_seg=20, n_gt=12)
+    whole = contingency(seg, gt, block_voxels=10**6)
+
+    blocked = contingency(seg, gt, block_voxels=block_voxels)
+
+    np.testing.assert_array_equal(blocked.toarray(), whole.toarray())
+    assert blocked.has_canonical_format and blocked.dtype == np.int64
+    assert evaluate_segmentation(seg, gt) == _scores_of(whole)
+
+
+def _scores_of(table):
+    from melecole.evaluate.metrics import _scores
+
+    return _scores(table)
+
+
+def test_pair_counts_of_any_partition_match_a_direct_count():
+    from melecole.evaluate.pair_counts import PairCounts
+
+    rng = np.random.default_rng(9)
+    seg, gt = _random_pair(rng, (6, 10, 10), n_seg=15, n_gt=9)
+    seg, gt = seg.ravel(), gt.ravel()
+    cuts = np.sort(rng.choice(np.arange(1, seg.size), size=11, replace=False))
+    counts = PairCounts()
+    for part in rng.permutation(12):  # blocks in a shuffled order
+        lo, hi = ([0, *cuts][part], [*cuts, seg.size][part])
+        counts.add(seg[lo:hi], gt[lo:hi])
+
+    got = counts.pairs()
+
+    for column, expected in zip(got, _reference_pairs(seg, gt)):
+        np.testing.assert_array_equal(column, expected)
+    assert counts.voxels == np.count_nonzero(gt)
+
+
+def test_blocks_with_ids_near_two_to_the_64_and_an_exact_ignore():
+    rng = np.random.default_rng(10)
+    seg, gt = _random_pair(rng, (4, 6, 9), n_seg=9, n_gt=13)
+    huge_seg, huge_gt = _huge_ids(seg, rng, keep_zero=False), _huge_ids(gt, rng, keep_zero=True)
+    huge_gt[0, 0, :3] = 2**63  # ids 2**63 and 2**63 + 1 are one float64 apart: never confused
+    expected = contingency(huge_seg, huge_gt, ignore_gt=(0, 2**63 + 1), block_voxels=10**6)
+
+    for block_voxels in (5, 54):
+        table = contingency(huge_seg, huge_gt, ignore_gt=(0, 2**63 + 1), block_voxels=block_voxels)
+        np.testing.assert_array_equal(table.toarray(), expected.toarray())
+    assert expected.shape[1] == np.unique(huge_gt[huge_gt != 0]).size
+    assert expected.sum() == np.count_nonzero(huge_gt)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.int32, np.uint32, np.int64])
+def test_every_integer_dtype_and_negative_ids(dtype):
+    # 256 distinct labels, the extremes of the dtype among them: more than an 8-bit array's
+    # positive values, which fastremap's ids of such an array could not number.
+    info = np.iinfo(dtype)
+    rng = np.random.default_rng(11)
+    inner = rng.choice(np.arange(info.min + 1, info.max, max(1, (int(info.max) - int(info.min)) // 300)), 254,
+                       replace=False)
+    values = np.r_[info.min, inner, info.max].astype(dtype)
+    assert np.unique(values).size == 256
+    seg = rng.choice(values, size=(4, 8, 16))
+    gt = rng.choice(values[:40], size=(4, 8, 16))
+    zero = dtype(0)
+    gt[gt == zero] = values[1]
+
+    table = contingency(seg, gt, block_voxels=50)
+
+    s, g, n = _reference_pairs(seg, gt)
+    dense = np.zeros((np.unique(s).size, np.unique(g).size), np.int64)
+    dense[np.searchsorted(np.unique(s), s), np.searchsorted(np.unique(g), g)] = n
+    np.testing.assert_array_equal(table.toarray(), dense)
+
+
+@pytest.mark.parametrize("n_seg", [300, 60_000])
+def test_many_labels_and_unfavourable_runs_match_skimage(n_seg):
+    # Labels change at nearly every voxel, so runs are single voxels: with few distinct labels
+    # ids come from hashing, with many from sorting, and the pairs from a bincount or a sort.
+    rng = np.random.default_rng(12)
+    gt = rng.integers(0, 50, size=(8, 128, 128))
+    seg = rng.integers(0, n_seg, size=gt.shape)
+
+    split, merge = variation_of_information(seg, gt)
+    arand = adapted_rand_error(seg, gt)
+
+    sk_split, sk_merge = skimage_vi(gt, seg, ignore_labels=[0])
+    assert (split, merge) == pytest.approx((sk_split, sk_merge), abs=1e-10)
+    assert arand == pytest.approx(skimage_arand(gt, seg)[0], abs=1e-12)
+
+
+def test_readable_volumes_are_read_in_bounded_chunk_aligned_blocks():
+    from melecole.evaluate.metrics import contingency_tables, evaluate_volumes
+
+    rng = np.random.default_rng(13)
+    seg, gt = _random_pair(rng, (10, 12, 14), n_seg=25, n_gt=11)
+    other = np.where(seg % 3 == 0, 0, seg)
+    volumes = [_LazyVolume(seg, chunks=(4, 5, 14)), _LazyVolume(other, chunks=(4, 5, 14))]
+    truth = _LazyVolume(gt)
+
+    tables = contingency_tables(volumes, truth, block_voxels=100)
+    scores = evaluate_volumes(volumes, truth, block_voxels=100)
+
+    np.testing.assert_array_equal(tables[0].toarray(), contingency(seg, gt).toarray())
+    np.testing.assert_array_equal(tables[1].toarray(), contingency(other, gt).toarray())
+    assert scores == [evaluate_segmentation(seg, gt), evaluate_segmentation(other, gt)]
+    for volume in (*volumes, truth):
+        sizes = [np.prod([s.stop - s.start for s in region]) for region in volume.regions]
+        assert max(sizes) <= 4 * 5 * 14 and sum(sizes) == 2 * seg.size  # each voxel once per pass
+        assert all(region[0].start % 4 == 0 and region[1].start % 5 == 0 for region in volume.regions)
+
+
+def test_readable_volumes_of_other_shapes_or_float_dtype_are_refused_before_reading():
+    from melecole.evaluate.metrics import evaluate_volumes
+
+    gt = _LazyVolume(np.ones((3, 4, 5), np.int32))
+    wrong = _LazyVolume(np.ones((3, 4, 6), np.uint64))
+    floats = _LazyVolume(np.ones((3, 4, 5), np.float32))
+    with pytest.raises(MelecoleError, match=r"segmentation \(3, 4, 6\) and ground truth \(3, 4, 5\)"):
+        evaluate_volumes([wrong], gt)
+    with pytest.raises(MelecoleError, match=r"\(3, 4, 5\) has dtype float32.*integer"):
+        evaluate_volumes([floats], gt)
+    assert wrong.regions == floats.regions == gt.regions == []
+    with pytest.raises(MelecoleError, match=r"\(3, 4, 5\) has no voxel outside"):
+        evaluate_volumes([gt], _LazyVolume(np.zeros((3, 4, 5), np.int32)))

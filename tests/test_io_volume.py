@@ -151,3 +151,14 @@ def test_read_volume_of_each_container_format(tmp_path, suffix):
     write_volumes(tmp_path / f"p{suffix}", {"affinities": data, "boundary": data[0]})
     np.testing.assert_array_equal(read_volume(_address(tmp_path / f"p{suffix}", "affinities"), ndim=4), data)
     np.testing.assert_array_equal(read_volume(_address(tmp_path / f"p{suffix}", "boundary")), data[0])
+
+
+def test_a_corrupt_zarr_chunk_is_a_clear_error(tmp_path):
+    path = tmp_path / "v.zarr"
+    write_volumes(path, {"raw": np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8)})
+    chunks = [p for p in (path / "raw").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    assert chunks, "the store has no chunk files"
+    for chunk in chunks:
+        chunk.write_bytes(b"not a compressed chunk" * 3)
+    with pytest.raises(MelecoleError, match=r"raw: cannot read the data at \[0:4, 0:8, 0:8\]"):
+        open_volume(f"{path}/raw").read()

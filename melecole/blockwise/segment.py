@@ -26,7 +26,7 @@ import numpy as np
 from melecole.blockwise.geometry import block_index, grow, inner
 from melecole.inference.encoding import decode
 from melecole.segment.agglomerate import boundary_affinities
-from melecole.segment.graph import Graph, block_fragments, fragment_graph
+from melecole.segment.graph import FIELDS, Graph, block_fragments, fragment_graph, normalised_graph
 
 ID_BITS = 40
 Region = tuple[slice, slice, slice]
@@ -57,10 +57,12 @@ class NearestAffinities:
         return tuple(self._open().shape[-3:])
 
     def __call__(self, region: Region) -> np.ndarray:
-        values = decode(self._open().read(region))
+        stored = self._open().read(region)
         if self.source == "boundary":
-            return boundary_affinities(values)
-        return np.ascontiguousarray(values[:3])
+            return boundary_affinities(decode(stored))
+        # Only the three nearest-neighbour channels are decoded (float32): 12 bytes per voxel,
+        # not 4 per stored channel.
+        return decode(np.ascontiguousarray(stored[:3]))
 
 
 @dataclass
@@ -102,17 +104,26 @@ class GraphBlocks:
         path = Path(self.folder) / f"{block_index(region, self.block, shape)}.npz"
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         with open(tmp, "wb") as handle:
-            np.savez(handle, **{name: getattr(graph, name) for name in ("lo", "hi", "total", "count", "ids", "sizes")})
+            np.savez(handle, **{name: getattr(graph, name) for name in FIELDS})
         os.replace(tmp, path)
 
 
-def load_graphs(folder: str | Path) -> list[Graph]:
-    """Every block's graph saved by :class:`GraphBlocks`."""
-    graphs = []
-    for path in sorted(Path(folder).glob("*.npz")):
-        with np.load(path) as data:
-            graphs.append(Graph(**{name: data[name] for name in ("lo", "hi", "total", "count", "ids", "sizes")}))
-    return graphs
+def load_graph(folder: str | Path) -> Graph:
+    """The merged graph of every block's file saved by :class:`GraphBlocks`.
+
+    Read one field at a time across the files and merged (:func:`normalised_graph`), so the
+    driver never holds the blocks' graphs beside their concatenation.
+    """
+    paths = sorted(Path(folder).glob("*.npz"))
+    fields = []
+    for name, dtype in FIELDS.items():
+        parts = [np.zeros(0, dtype)]
+        for path in paths:
+            with np.load(path) as data:
+                parts.append(data[name])
+        fields.append(np.concatenate(parts))
+        del parts
+    return normalised_graph(*fields)
 
 
 @dataclass
@@ -141,18 +152,25 @@ class RelabelBlocks:
         open_container(self.out, mode="a").dataset("segmentation").write(tuple(r.start for r in region), segmentation)
 
 
-def fragment_table(graph: Graph, threshold: float, min_size: int) -> tuple[np.ndarray, np.ndarray]:
+def fragment_table(graph: Graph, threshold: float, min_size: int, overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The final segment of every fragment of ``graph``: agglomeration up to ``threshold``, then
     segments under ``min_size`` voxels merged into the neighbour of most contact.
+
+    With ``overwrite`` the graph's ``total`` is used as the merge's work array (the graph is
+    left invalid): the driver, which loads the graph only for this, needs no copy of it. The
+    graph's other arrays are freed once read when the caller holds no reference.
 
     Returns:
         ``(ids, labels)``: sorted uint64 fragment ids and their consecutive labels 1..n.
     """
-    from melecole.segment.graph import agglomerate_graph, relabel_graph
+    from melecole.segment.graph import agglomerate_positions, node_positions
     from melecole.segment.postprocess import merge_small_on_graph
 
-    ids, segments = agglomerate_graph(graph, threshold)
-    between = relabel_graph(graph, ids, segments)
+    ids, sizes, u, v = node_positions(graph)
+    total, count = (graph.total if overwrite else graph.total.copy()), graph.count.astype(np.float64)
+    del graph  # pairs' ids and int counts: 24 bytes per pair freed before the merge
+    segments, between = agglomerate_positions(ids, u, v, total, count, sizes, threshold)
+    del u, v, total, count
     final = merge_small_on_graph(between.lo, between.hi, between.count, between.count, between.ids,
                                  between.sizes, min_size)
     merged = final[np.searchsorted(between.ids, segments)]  # (N,) per fragment; between.ids is sorted
@@ -172,7 +190,6 @@ def segment_in_blocks(predictions: str | Path, out: str | Path, source: str, thr
     from melecole.blockwise.partial import PartialOutput
     from melecole.blockwise.run import BlockTask, run_task
     from melecole.io import create_container, open_container
-    from melecole.segment.graph import merge_graphs
 
     affinities = NearestAffinities(str(Path(predictions).resolve()), source)
     shape = affinities.shape
@@ -195,7 +212,7 @@ def segment_in_blocks(predictions: str | Path, out: str | Path, source: str, thr
                                     work, scheduling)}
     counts["graph"] = run_task(BlockTask("graph", shape, block, GraphBlocks(affinities, store, str(graphs.resolve()), block)),
                                work, scheduling)
-    ids, labels = fragment_table(merge_graphs(load_graphs(graphs)), threshold, min_size)
+    ids, labels = fragment_table(load_graph(graphs), threshold, min_size, overwrite=True)
     table = work / "table.npz"
     np.savez(table, ids=ids, labels=labels)
     counts["relabel"] = run_task(BlockTask("relabel", shape, block,

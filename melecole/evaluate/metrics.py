@@ -1,9 +1,11 @@
 """Variation of information and adapted Rand error of a segmentation against ground truth.
 
 Everything is computed from one sparse contingency table (voxel counts per pair of segment
-and ground-truth labels). Labels are first mapped to dense ids, so the cost is proportional
-to the number of voxels, never to the size of the largest label id (uint64 ids from
-agglomeration or Mutex Watershed can be anywhere up to 2**64 - 1).
+and ground-truth labels), counted block by block (:mod:`melecole.evaluate.pair_counts`):
+the cost is proportional to the number of voxels, never to the size of the largest label id
+(uint64 ids from agglomeration or Mutex Watershed can be anywhere up to 2**64 - 1), and
+volumes on disk are scored in memory proportional to a block, never to the volume
+(:func:`contingency_tables`, :func:`evaluate_volumes`).
 
 Conventions (the metrics contract of the project):
 
@@ -18,23 +20,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import fastremap
 import numpy as np
 import scipy.sparse as sparse
 
 from melecole.errors import MelecoleError
+from melecole.evaluate.streaming import BLOCK_VOXELS, count_pairs
 
 __all__ = [
     "adapted_rand_error",
     "contingency",
+    "contingency_tables",
     "evaluate_pooled",
     "evaluate_segmentation",
+    "evaluate_volumes",
     "variation_of_information",
 ]
 
 
 def contingency(
-    seg: np.ndarray, gt: np.ndarray, ignore_gt: Sequence[int] = (0,)
+    seg: np.ndarray, gt: np.ndarray, ignore_gt: Sequence[int] = (0,), block_voxels: int = BLOCK_VOXELS
 ) -> sparse.csr_matrix:
     """Count the voxels shared by every segment and ground-truth object.
 
@@ -42,6 +46,7 @@ def contingency(
         seg: Segmentation, integer labels, any shape, e.g. ``(Z, Y, X)``.
         gt: Ground truth, integer labels, same shape as ``seg``.
         ignore_gt: Ground-truth labels whose voxels are left out of the table.
+        block_voxels: Voxels counted at a time (the table does not depend on it).
 
     Returns:
         An int64 ``csr_matrix`` of shape ``(n_seg, n_gt)``: entry ``[i, j]`` is the number of
@@ -53,27 +58,36 @@ def contingency(
         MelecoleError: If the shapes differ, a dtype is not integer, or every voxel of ``gt``
             is ignored.
     """
-    seg, gt = _checked(seg, gt)
-    seg_flat = seg.reshape(-1)  # (N,)
-    gt_flat = gt.reshape(-1)  # (N,)
-    ignore = np.asarray(ignore_gt)
-    if ignore.size:
-        keep = ~np.isin(gt_flat, ignore)  # (N,)
-        # Boolean indexing copies, so the caller's arrays are never touched below.
-        seg_flat = seg_flat[keep]  # (M,)
-        gt_flat = gt_flat[keep]  # (M,)
-    if gt_flat.size == 0:
+    return contingency_tables([np.asarray(seg)], np.asarray(gt), ignore_gt, block_voxels)[0]
+
+
+def contingency_tables(
+    segs: Sequence, gt, ignore_gt: Sequence[int] = (0,), block_voxels: int = BLOCK_VOXELS
+) -> list[sparse.csr_matrix]:
+    """The :func:`contingency` table of each segmentation, reading the volumes block by block.
+
+    Memory is proportional to one block of every volume plus the distinct label pairs, never
+    to the volume: a volume may be an array or a lazily readable volume (``shape``,
+    ``dtype``, ``read(region)``, such as :func:`melecole.io.open_volume` returns), and
+    blocks follow its storage chunks. Each table is exactly the one of the whole arrays.
+
+    Args:
+        segs: Segmentations, each of ``gt``'s shape (z, y, x for readable volumes).
+        gt: Ground truth, read once for all segmentations.
+        ignore_gt: Ground-truth labels whose voxels are left out of the tables.
+        block_voxels: Voxels per block (a target; a block holds at least a storage chunk).
+
+    Raises:
+        MelecoleError: If a shape differs, a dtype is not integer, a read fails, or every
+            voxel of ``gt`` is ignored.
+    """
+    counts = count_pairs(segs, gt, ignore_gt, block_voxels)
+    if counts and counts[0].voxels == 0:
         raise MelecoleError(
-            f"ground truth {gt.shape} has no voxel outside the ignored labels "
-            f"{tuple(ignore.tolist())}; there is nothing to evaluate"
+            f"ground truth {tuple(gt.shape)} has no voxel outside the ignored labels "
+            f"{tuple(int(label) for label in ignore_gt)}; there is nothing to evaluate"
         )
-    seg_ids, n_seg = _dense_ids(seg_flat)  # (M,)
-    gt_ids, n_gt = _dense_ids(gt_flat)  # (M,)
-    ones = np.ones(seg_ids.size, dtype=np.int64)  # (M,)
-    # COO -> CSR sums the duplicate (seg, gt) pairs: that sum is the voxel count.
-    table = sparse.coo_matrix((ones, (seg_ids, gt_ids)), shape=(n_seg, n_gt)).tocsr()
-    table.sum_duplicates()
-    return table
+    return [count.table() for count in counts]
 
 
 def variation_of_information(
@@ -137,6 +151,23 @@ def evaluate_segmentation(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return _scores(contingency(seg, gt, ignore_gt=(0,)))
 
 
+def evaluate_volumes(segs: Sequence, gt, block_voxels: int = BLOCK_VOXELS) -> list[dict[str, float]]:
+    """:func:`evaluate_segmentation` of each segmentation, in bounded memory.
+
+    Args:
+        segs: Segmentations, arrays or lazily readable volumes (see :func:`contingency_tables`).
+        gt: Ground truth of the same shape, read once; 0 marks unlabelled voxels.
+        block_voxels: Voxels per block.
+
+    Returns:
+        One ``{"vi_split": ..., "vi_merge": ..., "arand": ...}`` per segmentation.
+
+    Raises:
+        MelecoleError: If a shape differs, a dtype is not integer, a read fails, or ``gt`` is all 0.
+    """
+    return [_scores(table) for table in contingency_tables(segs, gt, (0,), block_voxels)]
+
+
 def evaluate_pooled(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
     """The metrics of several volumes scored as one validation set.
 
@@ -160,36 +191,6 @@ def evaluate_pooled(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str,
 def _scores(table: sparse.csr_matrix) -> dict[str, float]:
     vi_split, vi_merge = _vi_from_table(table)
     return {"vi_split": vi_split, "vi_merge": vi_merge, "arand": _arand_from_table(table)}
-
-
-def _checked(seg: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    seg = np.asarray(seg)
-    gt = np.asarray(gt)
-    if seg.shape != gt.shape:
-        raise MelecoleError(
-            f"segmentation {seg.shape} and ground truth {gt.shape} differ in shape"
-        )
-    for name, labels in (("segmentation", seg), ("ground truth", gt)):
-        if not np.issubdtype(labels.dtype, np.integer):
-            raise MelecoleError(
-                f"{name} {labels.shape} has dtype {labels.dtype}; "
-                "label volumes must have an integer dtype"
-            )
-    return seg, gt
-
-
-def _dense_ids(labels: np.ndarray) -> tuple[np.ndarray, int]:
-    """Map labels (M,) to ids 0..L-1 in ascending label order; return ids (M,) and L."""
-    # fastremap hashes instead of sorting all M voxels (np.unique), ~30x faster here; it
-    # numbers labels by first appearance, so a permutation of the L distinct labels makes the
-    # ids follow label order, which keeps the table independent of voxel order.
-    renumbered, remap = fastremap.renumber(labels, start=0, preserve_zero=False)
-    n_labels = len(remap)
-    values = np.fromiter(remap.keys(), dtype=labels.dtype, count=n_labels)  # (L,)
-    first_seen = np.fromiter(remap.values(), dtype=np.int64, count=n_labels)  # (L,)
-    rank = np.empty(n_labels, dtype=np.int64)  # (L,)
-    rank[first_seen[np.argsort(values, kind="stable")]] = np.arange(n_labels)
-    return rank[renumbered], n_labels
 
 
 def _vi_from_table(table: sparse.csr_matrix) -> tuple[float, float]:

@@ -17,7 +17,17 @@ STORED_DTYPES = {"boundary": "uint8", "affinities": "uint8", "predicted_affiniti
 def encode(name: str, values: np.ndarray) -> np.ndarray:
     """``values`` in the dtype dataset ``name`` is stored with."""
     if STORED_DTYPES.get(name) == "uint8":
-        return np.rint(np.clip(values, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint8)
+        values = np.asarray(values)
+        if values.ndim < 2:
+            return np.rint(np.clip(values, 0.0, 1.0) * PROBABILITY_SCALE).astype(np.uint8)
+        # One leading slice (channel or z-plane) at a time: the float temporaries of clip, scale
+        # and rounding stay one slice large instead of twice the whole block.
+        stored = np.empty(values.shape, dtype=np.uint8)
+        for index in range(values.shape[0]):
+            scaled = np.clip(values[index], 0.0, 1.0)
+            scaled *= PROBABILITY_SCALE
+            stored[index] = np.rint(scaled, out=scaled)
+        return stored
     if STORED_DTYPES.get(name) == "float16":
         return values.astype(np.float16)
     raise ValueError(f"no stored encoding for prediction '{name}' (known: {', '.join(STORED_DTYPES)})")
@@ -27,7 +37,9 @@ def decode(values: np.ndarray) -> np.ndarray:
     """Stored predictions back to float32 (uint8 probabilities divided by 255; other dtypes cast)."""
     values = np.asarray(values)
     if values.dtype == np.uint8:
-        return values.astype(np.float32) / np.float32(PROBABILITY_SCALE)
+        decoded = values.astype(np.float32)
+        decoded /= np.float32(PROBABILITY_SCALE)  # in place: one float32 copy, not two
+        return decoded
     return values.astype(np.float32)
 
 

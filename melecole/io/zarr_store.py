@@ -91,8 +91,10 @@ class ZarrVolume(Volume):
     def _read(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
             return np.asarray(self._handle()[index])
-        except (OSError, ValueError) as error:
-            raise MelecoleError(f"{self.name}: cannot read the data ({error})") from None
+        except (OSError, ValueError, RuntimeError) as error:
+            # numcodecs raises RuntimeError for a corrupt chunk ("error during blosc decompression").
+            where = ", ".join(f"{s.start}:{s.stop}" for s in index)
+            raise MelecoleError(f"{self.name}: cannot read the data at [{where}] ({error})") from None
 
     def _write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
         self._handle()[index] = data

@@ -20,14 +20,15 @@ fragment ids may reach 2**63): they are sorted and searched, never used as array
 
 from __future__ import annotations
 
-import heapq
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import cc3d
+import fastremap
 import numpy as np
 
 from melecole.segment.agglomerate import agglomerate
+from melecole.segment.greedy_merge import merge_in_place
 from melecole.segment.postprocess import merge_small_on_graph, relabel_consecutive
 
 Region = tuple[slice, slice, slice]
@@ -69,26 +70,46 @@ class Graph:
             raise ValueError(f"ids {self.ids.shape} and sizes {self.sizes.shape} must be one entry per fragment")
 
 
-def _graph(lo, hi, total, count, ids, sizes) -> Graph:
-    """A :class:`Graph` with pairs ordered, self-pairs dropped, duplicate pairs and ids summed."""
+def normalised_graph(lo, hi, total, count, ids, sizes) -> Graph:
+    """A :class:`Graph` with pairs ordered, self-pairs dropped, duplicate pairs and ids summed.
+
+    One sort of the pairs and one of the ids, then sums over runs of equal keys: about 80 bytes
+    per pair at the peak besides the inputs (the driver of a blockwise run merges tens of
+    millions of pairs here).
+    """
     lo, hi = np.asarray(lo, dtype=np.uint64), np.asarray(hi, dtype=np.uint64)
-    total, count = np.asarray(total, dtype=np.float64), np.asarray(count, dtype=np.float64)
+    total, count = np.asarray(total, dtype=np.float64), np.asarray(count, dtype=np.int64)
     lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
     keep = lo != hi
-    lo, hi, total, count = lo[keep], hi[keep], total[keep], count[keep]
-    # Ranks of the ids, not the ids, make the pair keys: ids may be as large as 2**63.
-    nodes, rank = np.unique(np.concatenate([lo, hi]), return_inverse=True)
-    keys = rank[: len(lo)].astype(np.int64) * len(nodes) + rank[len(lo):]
-    _, first, pair = np.unique(keys, return_index=True, return_inverse=True)
-    ids, node = np.unique(np.asarray(ids, dtype=np.uint64), return_inverse=True)
-    return Graph(
-        lo=lo[first],
-        hi=hi[first],
-        total=np.bincount(pair, weights=total, minlength=len(first)),
-        count=np.bincount(pair, weights=count, minlength=len(first)).astype(np.int64),
-        ids=ids,
-        sizes=np.bincount(node, weights=np.asarray(sizes, dtype=np.float64), minlength=len(ids)).astype(np.int64),
-    )
+    if not keep.all():
+        lo, hi, total, count = lo[keep], hi[keep], total[keep], count[keep]
+    del keep
+    order = np.lexsort((hi, lo))  # by lo, then hi; ids are compared as values, never indices
+    lo = lo[order]  # one gather at a time: the previous array is freed before the next
+    hi = hi[order]
+    total = total[order]
+    count = count[order]
+    del order
+    starts = _run_starts(lo, hi)
+    if starts is not None:
+        lo, hi, total, count = lo[starts], hi[starts], np.add.reduceat(total, starts), np.add.reduceat(count, starts)
+    ids, sizes = np.asarray(ids, dtype=np.uint64), np.asarray(sizes, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")
+    ids, sizes = ids[order], sizes[order]
+    starts = _run_starts(ids)
+    if starts is not None:
+        ids, sizes = ids[starts], np.add.reduceat(sizes, starts)
+    return Graph(lo=lo, hi=hi, total=total, count=count, ids=ids, sizes=sizes)
+
+
+def _run_starts(*keys: np.ndarray) -> np.ndarray | None:
+    """Starts of the runs of equal keys (sorted together), or None when every key is distinct."""
+    new = np.ones(len(keys[0]), dtype=bool)
+    if len(new) > 1:
+        new[1:] = False
+        for key in keys:
+            new[1:] |= key[1:] != key[:-1]
+    return None if new.all() else np.flatnonzero(new)
 
 
 def _lookup(ids: np.ndarray, values: np.ndarray, query: np.ndarray) -> np.ndarray:
@@ -176,22 +197,39 @@ def fragment_graph(
         raise ValueError(f"fragments {fragments.shape} must be (Z, Y, X)")
     affinities = _checked_affinities(affinities, fragments.shape)
     region = _region(write_region, fragments.shape)
-    firsts, seconds, values = [], [], []
+    # Dense local ids (fastremap, the smallest unsigned dtype that fits) make each voxel pair one
+    # int64 key: about 40 bytes per boundary voxel pair at the peak instead of ~100 for pairs of
+    # uint64 ids sorted together. ``original[d]`` is the id of dense id d (0 stays 0).
+    dense, remap = fastremap.renumber(fragments, preserve_zero=True, in_place=False)
+    n = max(remap.values(), default=0) + 1
+    original = np.zeros(n, dtype=np.uint64)
+    original[np.fromiter(remap.values(), np.int64, len(remap))] = np.fromiter(remap.keys(), np.uint64, len(remap))
+    keys, values = [], []
     for axis in range(3):
         here = list(region)
         start = max(region[axis].start, 1)  # voxels at index 0 have no partner in the arrays
         here[axis] = slice(start, max(start, region[axis].stop))
         there = list(here)
         there[axis] = slice(here[axis].start - 1, here[axis].stop - 1)
-        u, v = fragments[tuple(here)], fragments[tuple(there)]
+        u, v = dense[tuple(here)], dense[tuple(there)]
         boundary = (u != v) & (u != 0) & (v != 0)
-        firsts.append(u[boundary])
-        seconds.append(v[boundary])
-        values.append(affinities[axis][tuple(here)][boundary])
-    ids, sizes = np.unique(fragments[region], return_counts=True)
-    first = np.concatenate(firsts)
-    return _graph(first, np.concatenate(seconds), np.concatenate(values), np.ones(len(first)),
-                  ids[ids != 0], sizes[ids != 0])
+        first, second = u[boundary].astype(np.int64), v[boundary].astype(np.int64)
+        key = np.minimum(first, second) * n + np.maximum(first, second)
+        del u, v, first, second
+        # Summed per pair axis by axis: the peak holds one axis's voxel pairs, not all three.
+        unique, pair = np.unique(key, return_inverse=True)
+        keys.append(unique)
+        values.append(np.stack([np.bincount(pair, weights=affinities[axis][tuple(here)][boundary], minlength=len(unique)),
+                                np.bincount(pair, minlength=len(unique)).astype(np.float64)]))
+        del key, boundary, pair
+    pairs, pair = np.unique(np.concatenate(keys), return_inverse=True)
+    sums = np.concatenate(values, axis=1)  # (2, pairs of the three axes): affinity sums, counts
+    total = np.bincount(pair, weights=sums[0], minlength=len(pairs))
+    count = np.bincount(pair, weights=sums[1], minlength=len(pairs)).astype(np.int64)
+    del keys, values, pair, sums
+    sizes = np.bincount(dense[region].ravel(), minlength=n)[1:]  # (n - 1,) voxels of dense ids 1..n-1
+    inside = sizes > 0
+    return normalised_graph(original[pairs // n], original[pairs % n], total, count, original[1:][inside], sizes[inside])
 
 
 def merge_graphs(graphs: Iterable[Graph]) -> Graph:
@@ -201,9 +239,13 @@ def merge_graphs(graphs: Iterable[Graph]) -> Graph:
     be any uint64 values up to 2**63.
     """
     graphs = list(graphs)
-    fields = ("lo", "hi", "total", "count", "ids", "sizes")
-    dtypes = (np.uint64, np.uint64, np.float64, np.int64, np.uint64, np.int64)
-    return _graph(*(np.concatenate([np.zeros(0, d)] + [getattr(g, f) for g in graphs]) for f, d in zip(fields, dtypes)))
+    return normalised_graph(*(np.concatenate([np.zeros(0, dtype)] + [getattr(g, name) for g in graphs])
+                              for name, dtype in FIELDS.items()))
+
+
+# The arrays of a Graph and their dtypes, in the order of the constructor.
+FIELDS = {"lo": np.uint64, "hi": np.uint64, "total": np.float64, "count": np.int64, "ids": np.uint64,
+          "sizes": np.int64}
 
 
 def relabel_graph(graph: Graph, ids: np.ndarray, labels: np.ndarray) -> Graph:
@@ -218,83 +260,21 @@ def relabel_graph(graph: Graph, ids: np.ndarray, labels: np.ndarray) -> Graph:
     ids, labels = np.asarray(ids, dtype=np.uint64), np.asarray(labels, dtype=np.uint64)
     if ids.ndim != 1 or ids.shape != labels.shape:
         raise ValueError(f"ids {ids.shape} and labels {labels.shape} must be one entry per fragment")
-    return _graph(_lookup(ids, labels, graph.lo), _lookup(ids, labels, graph.hi), graph.total, graph.count,
+    return normalised_graph(_lookup(ids, labels, graph.lo), _lookup(ids, labels, graph.hi), graph.total, graph.count,
                   _lookup(ids, labels, graph.ids), graph.sizes)
 
 
-def _merge_greedily(graph: Graph, nodes: np.ndarray, limit: float) -> np.ndarray:
-    """The root node of every node after merging cheapest-first while the score is below ``limit``."""
-    u_of, v_of = np.searchsorted(nodes, graph.lo).tolist(), np.searchsorted(nodes, graph.hi).tolist()
-    total, count = graph.total.tolist(), graph.count.tolist()
-    scores = 1.0 - graph.total / np.maximum(graph.count, 1)  # (E,)
-    # key: the score an edge is queued at, a lower bound of its score (a merged edge's mean lies
-    # between its parts'); None once the edge is gone. stale: its sums changed since queued.
-    key: list[float | None] = scores.tolist()
-    stale = [False] * len(key)
-    neighbours: list[dict[int, int] | None] = [{} for _ in range(len(nodes))]  # node -> {node: edge}
-    for e, (u, v) in enumerate(zip(u_of, v_of)):
-        neighbours[u][v] = e
-        neighbours[v][u] = e
-    # The queue: the initial edges below the limit sorted once by (score, edge), and a heap of
-    # re-scored edges; the next is the lower (key, edge) of the two heads, so ties go to the
-    # lower edge. Every live edge with a key below the limit is queued exactly once.
-    below = np.flatnonzero(scores < limit)
-    below = below[np.argsort(scores[below], kind="stable")]
-    sorted_keys, sorted_edges = scores[below].tolist(), below.tolist()
-    heap: list[tuple[float, int]] = []
-    push, pop = heapq.heappush, heapq.heappop
-    parent = list(range(len(nodes)))
-    i, n_sorted = 0, len(sorted_edges)
-    while True:
-        if heap and (i == n_sorted or heap[0] < (sorted_keys[i], sorted_edges[i])):
-            e = pop(heap)[1]
-        elif i < n_sorted:
-            e = sorted_edges[i]
-            i += 1
-        else:
-            break
-        if key[e] is None:
-            continue
-        if stale[e]:  # queued too low: queue it again at its score, if that is below the limit
-            stale[e] = False
-            key[e] = score = 1.0 - total[e] / count[e]
-            if score < limit:
-                push(heap, (score, e))
-            continue
-        a, b = u_of[e], v_of[e]
-        if len(neighbours[a]) < len(neighbours[b]):
-            a, b = b, a  # move the smaller adjacency into the larger one
-        parent[b] = a
-        key[e] = None
-        into = neighbours[a]
-        del into[b]
-        for n, f in neighbours[b].items():
-            if n == a:
-                continue
-            across = neighbours[n]
-            del across[b]
-            g = into.get(n)  # the edge a-n, when n is a neighbour of both
-            if g is not None and key[g] <= key[f]:
-                keep, drop = g, f
-            else:
-                keep, drop = f, g
-                into[n] = across[a] = f  # the edge b-n now ends at a
-                if u_of[f] == b:
-                    u_of[f] = a
-                else:
-                    v_of[f] = a
-            if drop is not None:  # the two edges to n become one (the lower key): sums and counts add
-                total[keep] += total[drop]
-                count[keep] += count[drop]
-                key[drop] = None
-                stale[keep] = True
-        neighbours[b] = None
-    root = np.asarray(parent, dtype=np.int64)
-    while True:
-        jumped = root[root]
-        if np.array_equal(jumped, root):
-            return root
-        root = jumped
+def _normalised(graph: Graph) -> bool:
+    """Whether the pairs are ordered (lo < hi), unique and sorted, and the ids sorted and unique."""
+    lo, hi, ids = graph.lo, graph.hi, graph.ids
+    ordered = bool(np.all(lo < hi)) and bool(np.all(ids[1:] > ids[:-1]))
+    return ordered and bool(np.all((lo[1:] > lo[:-1]) | ((lo[1:] == lo[:-1]) & (hi[1:] > hi[:-1]))))
+
+
+def _found(sorted_ids: np.ndarray, query: np.ndarray, position: np.ndarray) -> bool:
+    """Whether every ``query`` is at its ``position`` (from ``searchsorted``) in ``sorted_ids``."""
+    inside = position < len(sorted_ids)
+    return bool(inside.all()) and bool(np.array_equal(sorted_ids[position], query))
 
 
 def agglomerate_graph(graph: Graph, threshold: float) -> tuple[np.ndarray, np.ndarray]:
@@ -308,8 +288,9 @@ def agglomerate_graph(graph: Graph, threshold: float) -> tuple[np.ndarray, np.nd
     near-ties: equal scores go to the edge first in the graph's (lo, hi) order (an edge made
     of two keeps the place of the part with the lower score), where waterz leaves them to its
     heap; and scores are float64 ratios of the sums, where waterz keeps float32 running means,
-    so scores within ~1e-6 of the threshold or of each other may be ordered differently. A heap
-    with lazy re-scoring: about 10 s for 1e6 edges.
+    so scores within ~1e-6 of the threshold or of each other may be ordered differently.
+    Compiled (:mod:`melecole.segment.greedy_merge`): seconds for 1e6 fragments, about 100
+    bytes per pair at the peak.
 
     Args:
         graph: a fragment :class:`Graph` (e.g. :func:`merge_graphs` of every block's).
@@ -319,13 +300,48 @@ def agglomerate_graph(graph: Graph, threshold: float) -> tuple[np.ndarray, np.nd
         ``(ids, segments)``: ``(N,)`` uint64 sorted ids of every fragment the graph names, and
         ``(N,)`` uint64 the segment of each, numbered 1..k in order of each segment's lowest id.
     """
-    graph = _graph(graph.lo, graph.hi, graph.total, graph.count, graph.ids, graph.sizes)
-    nodes = np.unique(np.concatenate([graph.ids, graph.lo, graph.hi]))  # (N,)
-    root = _merge_greedily(graph, nodes, float(np.float32(threshold)))
+    nodes, _, u, v = node_positions(graph)
+    segments, _ = agglomerate_positions(nodes, u, v, graph.total.copy(), graph.count.astype(np.float64),
+                                        np.zeros(len(nodes), np.int64), threshold)
+    return nodes, segments
+
+
+def node_positions(graph: Graph) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The graph over node positions: ``(nodes, sizes, u, v)``, sorted ids of every fragment the
+    graph names, their sizes (0 for a halo fragment without one) and the position of each
+    pair's two ids among them (int64, fresh arrays)."""
+    if not _normalised(graph):
+        graph = normalised_graph(graph.lo, graph.hi, graph.total, graph.count, graph.ids, graph.sizes)
+    nodes, sizes = graph.ids, graph.sizes  # (N,): every fragment of merged blocks has its size
+    u, v = np.searchsorted(nodes, graph.lo), np.searchsorted(nodes, graph.hi)  # (E,)
+    if not (_found(nodes, graph.lo, u) and _found(nodes, graph.hi, v)):
+        nodes = np.unique(np.concatenate([graph.ids, graph.lo, graph.hi]))
+        sizes = np.zeros(len(nodes), np.int64)
+        sizes[np.searchsorted(nodes, graph.ids)] = graph.sizes
+        u, v = np.searchsorted(nodes, graph.lo), np.searchsorted(nodes, graph.hi)
+    return nodes, sizes, u, v
+
+
+def agglomerate_positions(nodes: np.ndarray, u: np.ndarray, v: np.ndarray, total: np.ndarray, count: np.ndarray,
+                          sizes: np.ndarray, threshold: float) -> tuple[np.ndarray, Graph]:
+    """:func:`agglomerate_graph` on the arrays of :func:`node_positions`, overwriting ``u``,
+    ``v``, ``total`` and ``count`` (int64 and float64 arrays the caller gives up: a driver with
+    tens of millions of pairs saves their copies), and the graph between the segments.
+
+    Returns:
+        ``(segments, between)``: ``(N,)`` uint64 segment of each node, numbered 1..k in order
+        of each segment's lowest id; the :class:`Graph` between segments 1..k (sums and counts
+        over all their fragments' pairs, sizes summed), as :func:`relabel_graph` gives.
+    """
+    root, alive = merge_in_place(u, v, total, count, len(nodes), float(np.float32(threshold)))
     _, first, inverse = np.unique(root, return_index=True, return_inverse=True)
     numbers = np.empty(len(first), dtype=np.uint64)
     numbers[np.argsort(first)] = np.arange(1, len(first) + 1, dtype=np.uint64)
-    return nodes, numbers[inverse]
+    segments = numbers[inverse]  # (N,)
+    del root, first, inverse
+    # The edges still alive join two final regions, one per touching pair, ends at the roots.
+    between = normalised_graph(segments[u[alive]], segments[v[alive]], total[alive], count[alive], segments, sizes)
+    return segments, between
 
 
 def _blocks(shape: tuple[int, ...], block_shape: Sequence[int] | None) -> list[Region]:
