@@ -203,6 +203,7 @@ def main() -> None:
         if cli["returncode"] != 0:
             raise SystemExit(cli["stderr_tail"])
     cli_metrics = json.loads(cli["stdout"].strip().splitlines()[-1])
+    cli_metrics.pop("vi_sum", None)  # the CLI adds split + merge; the peers give the three scores
     report["cli"] = {"command": "melecole evaluate --seg PAIR/segmentation --gt PAIR/labels --json",
                      "block_voxels": BLOCK_VOXELS, "seconds": cli["seconds"],
                      "cpu_seconds": round(sum(getattr(children_after, field) - getattr(children_before, field)

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from melecole.errors import MelecoleError
+from melecole.plots import with_vi_sum
 
 try:
     import fcntl
@@ -33,6 +34,7 @@ LOCAL_STORE = "mlflow.db"
 PARENT_RUN_VARIABLE = "MELECOLE_MLFLOW_PARENT_RUN"
 TAGS_VARIABLE = "MELECOLE_MLFLOW_TAGS"
 _ATTEMPTS = 4
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def _mlflow():
@@ -79,6 +81,13 @@ def run_tags() -> dict[str, str]:
         if os.environ.get(variable):
             tags[tag] = os.environ[variable]
     return tags
+
+
+def run_name(dataset: str, steps: int, now: float | None = None) -> str:
+    """A run name that tells runs apart in ``mlflow ui``: the DVC experiment (when DVC runs it) or
+    the dataset, the step count and the UTC start time, e.g. ``flyem-fib-small-1500steps-20261201-1310``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(time.time() if now is None else now))
+    return f"{os.environ.get('DVC_EXP_NAME') or dataset}-{steps}steps-{stamp}"
 
 
 def inherited_tags(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -134,7 +143,11 @@ def _experiment_id(mlflow, experiment: str) -> str:
     for attempt in range(_ATTEMPTS):
         try:
             with _store_lock(uri):
-                return mlflow.set_experiment(experiment).experiment_id
+                found = mlflow.set_experiment(experiment)
+                if found.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                    # Opens in MLflow's model-training view (runs, metrics, charts), not the GenAI one.
+                    mlflow.MlflowClient().set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+                return found.experiment_id
         except Exception as error:  # noqa: BLE001 - any store failure is reported the same way
             # A server may be briefly unavailable; a local store is created under the lock.
             if attempt == _ATTEMPTS - 1:
@@ -209,7 +222,7 @@ class Tracker:
             return
         mlflow = _mlflow()
         stamp = mlflow.utils.time.get_current_time_millis()
-        entries = [mlflow.entities.Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
+        entries = [mlflow.entities.Metric(k, float(v), stamp, step or 0) for k, v in with_vi_sum(metrics).items()]
         self._client().log_batch(self.run_id, metrics=entries)
 
     def set_tags(self, tags: Mapping[str, str]) -> None:

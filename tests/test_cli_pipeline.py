@@ -55,9 +55,10 @@ def test_train_predict_segment_evaluate(tmp_path, prepared, params_file, capsys)
     code, out, _ = _run(capsys, "evaluate", "--seg", f"{seg}:segmentation", "--gt",
                         f"{prepared / 'test.h5'}:labels", "--json", "--out", tmp_path / "metrics.json")
     metrics = json.loads(out)
-    assert set(metrics) == {"vi_split", "vi_merge", "arand"}
+    assert set(metrics) == {"vi_split", "vi_merge", "vi_sum", "arand"}
+    assert metrics["vi_sum"] == metrics["vi_split"] + metrics["vi_merge"]
     expected = evaluate_segmentation(segmentation, read_volume(f"{prepared / 'test.h5'}:labels"))
-    assert metrics == pytest.approx(expected, abs=1e-12)
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected, abs=1e-12)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
 
 

@@ -59,7 +59,11 @@ def test_repro_is_reproducible_and_experiments_are_compared(project):
     root, env = project
     _sh(root, env, "dvc", "repro")
     first = json.loads((root / "metrics.json").read_text())
-    assert set(first) == {"vi_split", "vi_merge", "arand", "baselines"}
+    assert set(first) == {"vi_split", "vi_merge", "vi_sum", "arand", "baselines"}
+    curves = (root / "outputs" / "plots" / "validation.csv").read_text().splitlines()
+    assert curves[0] == "step,vi_split,vi_merge,vi_sum,arand" and len(curves) >= 2, curves
+    plotted = json.loads(_sh(root, env, "dvc", "plots", "show", "--json"))
+    assert any("validation.csv" in name for name in plotted), list(plotted)
     assert set(first["baselines"]) == {"mws", "watershed"}
     assert (root / "dvc.lock").is_file()
     _sh(root, env, "git", "add", "-A")
@@ -101,5 +105,9 @@ def test_repro_is_reproducible_and_experiments_are_compared(project):
     assert len(runs) == 4
     assert all("test_vi_split" in run.data.metrics and run.info.status == "FINISHED" for run in runs)
     assert sorted(run.data.tags.get("dvc_experiment", "") for run in runs) == ["", "", "chatty", "faster"]
+    assert len({run.info.run_name for run in runs}) == 4  # every run its own name
+    assert any(run.info.run_name.startswith("faster-") for run in runs)
+    assert all("test_vi_sum" in run.data.metrics for run in runs)
+    assert experiment.tags.get("mlflow.experimentKind") == "custom_model_development"
     commits = {run.data.tags["git_commit"] for run in runs}
     assert len(commits) == 2  # the baseline commit, then the commit with the results (experiments too)

@@ -47,6 +47,18 @@ def test_train_and_evaluate_share_one_run(tmp_path, prepared, monkeypatch, capsy
     assert val_steps == [2, 4]
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")]
     assert artifacts == ["checkpoint/ckpt.pt"]
+    # Names tell runs apart; VI sums sit beside split and merge; the model-training view.
+    assert run.info.run_name.startswith("tiny-exp-4steps-")
+    sums = client.get_metric_history(run.info.run_id, "val_vi_sum")
+    splits = client.get_metric_history(run.info.run_id, "val_vi_split")
+    merges = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_vi_merge")}
+    assert [m.step for m in sums] == [2, 4]
+    assert all(abs(s.value - (m.value + merges[m.step])) < 1e-9 for s, m in zip(sums, splits))
+    assert run.data.metrics["test_vi_sum"] == run.data.metrics["test_vi_split"] + run.data.metrics["test_vi_merge"]
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The curves for dvc plots, beside the checkpoint.
+    curves = (tmp_path / "plots" / "validation.csv").read_text().splitlines()
+    assert curves[0] == "step,vi_split,vi_merge,vi_sum,arand" and [r.split(",")[0] for r in curves[1:]] == ["2", "4"]
 
 
 def test_flatten_nested_params():

@@ -15,6 +15,7 @@ from melecole.errors import MelecoleError
 from melecole.evaluate.metrics import evaluate_volumes
 from melecole.evaluate.streaming import BLOCK_VOXELS, check_pair
 from melecole.io import Volume, VolumeSpec, atomic_output, open_container, open_volume
+from melecole.plots import with_vi_sum
 from melecole.tracking import Tracker
 
 
@@ -57,9 +58,9 @@ def evaluate(seg_spec: VolumeSpec, gt_spec: VolumeSpec, out: str | Path | None =
             scores = evaluate_volumes(segmentations, ground_truth, block_voxels)
         except MelecoleError as error:
             raise MelecoleError(f"{segmentations[0].name} vs {ground_truth.name}: {error}") from None
-    metrics: dict = scores[0]
+    metrics: dict = with_vi_sum(scores[0])
     if baselines:
-        metrics["baselines"] = {spec.dataset: score for spec, score in zip(specs[1:], scores[1:])}
+        metrics["baselines"] = {spec.dataset: with_vi_sum(score) for spec, score in zip(specs[1:], scores[1:])}
     if out is not None:
         with atomic_output(out) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")

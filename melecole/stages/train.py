@@ -43,7 +43,8 @@ from melecole.progress import MetricBuffer, ProgressBar, work_bar
 from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, fingerprint, for_other_ranks, restore
 from melecole.schedule import build_scheduler
 from melecole.stages.segment import score_on
-from melecole.tracking import Tracker
+from melecole.plots import CurveFiles
+from melecole.tracking import Tracker, run_name, run_tags
 from melecole.training import NonFiniteLoss, StepOptions, TrainingResult, make_ema, train_loop
 
 
@@ -181,14 +182,20 @@ def _resume(parts: TrainingParts, ctx: DistContext, checkpoint: Path, current: d
     return restore(parts, shared, ctx.rank), state.get("run_id") if ctx.is_main else None
 
 
+def plots_folder(checkpoint: str | Path) -> Path:
+    """Where training writes its curves for ``dvc plots``: ``plots/`` beside the checkpoint."""
+    return Path(checkpoint).parent / "plots"
+
+
 def _tracker(params: Params, params_dict: dict, ctx: DistContext, run_id: str | None, step: int) -> Tracker:
     if not ctx.is_main or not params.tracking.enabled:
         return Tracker(False)
     if run_id:
         tracker = Tracker.resume(run_id)
-        tracker.set_tags({"resumed_at_step": step})
+        # The resumed run now belongs to this command (e.g. the DVC experiment that resumed it).
+        tracker.set_tags({"resumed_at_step": step, **run_tags()})
         return tracker
-    return Tracker.start(params.tracking.experiment, params_dict, run_name=f"{params.data.dataset}-{params.train.steps}steps")
+    return Tracker.start(params.tracking.experiment, params_dict, run_name=run_name(params.data.dataset, params.train.steps))
 
 
 def train(params: Params, train_files: list[Path], val_files: list[Path], checkpoint: str | Path,
@@ -261,7 +268,15 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
                           scheduler=parts.scheduler, scaler=parts.scaler, checkpoint_every=cfg.checkpoint_every,
                           contrastive=plan)
     tracker = _tracker(params, params_dict, ctx, run_id, resumed_from)
-    metrics = MetricBuffer(tracker.log_metrics, hold=cfg.checkpoint_every > 0)
+    sink = tracker.log_metrics
+    if ctx.is_main:
+        curves = CurveFiles(plots_folder(checkpoint), fresh=state is None)
+
+        def sink(figures: dict, step: int) -> None:
+            tracker.log_metrics(figures, step)
+            curves(figures, step)
+
+    metrics = MetricBuffer(sink, hold=cfg.checkpoint_every > 0)
     on_log = _with_validation_log(metrics, validation_log) if ctx.is_main else None
 
     def keep_best(step: int, scores: dict, evaluated: torch.nn.Module) -> None:
