@@ -7,9 +7,11 @@ STAMP  := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt requirements-benchmarks.txt pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet -r requirements.txt
+	# MONAI, for benchmarks/predict.py and its smoke test only (one small wheel, torch unchanged)
+	$(PY) -m pip install --quiet -r requirements-benchmarks.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -14,12 +14,14 @@ training subprocess (or its torchrun ranks) creates appear under the study in ``
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import subprocess
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from melecole.errors import MelecoleError
@@ -231,6 +233,54 @@ class Tracker:
         client = self._client()
         for key, value in tags.items():
             client.set_tag(self.run_id, key, str(value))
+
+    def log_image(self, image, key: str, step: int) -> None:
+        """An RGB image ``(H, W, 3)`` uint8 under ``key`` at ``step`` (MLflow shows a step slider)."""
+        if self.enabled:
+            self._client().log_image(self.run_id, image, key=key, step=int(step))
+
+    def log_datasets(self, files: Mapping[str, Sequence[str | Path]]) -> None:
+        """The volumes a run read, per context (``{"training": [...], "validation": [...]}``), as
+        MLflow dataset inputs (name, path, a digest of size and modification time); the UI lists
+        them on the run's page."""
+        if not self.enabled:
+            return
+        from mlflow.data.dataset_source_registry import resolve_dataset_source
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for context, paths in files.items():
+            for path in paths:
+                path = Path(path).resolve()
+                stat = path.stat()
+                digest = hashlib.sha256(f"{path}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+                with warnings.catch_warnings():  # "can be interpreted in multiple ways": a local file it is
+                    warnings.simplefilter("ignore", UserWarning)
+                    source = resolve_dataset_source(str(path))
+                dataset = MetaDataset(source, name=path.name, digest=digest)
+                inputs.append(DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)]))
+        if inputs:
+            self._client().log_inputs(self.run_id, datasets=inputs)
+
+    def log_model(self, model, name: str = "model") -> None:
+        """The trained network with ``mlflow.pytorch`` (listed under the run's models in the UI).
+
+        Saved in MLflow's pickle format (its ``pt2`` export needs tensor-only outputs): load it
+        only from a store you trust; melecole's own checkpoints load with ``weights_only=True``.
+        """
+        if not self.enabled:
+            return
+        import mlflow.pytorch
+        import torch
+
+        mlflow = _mlflow()
+        requirement = f"torch=={torch.__version__.split('+')[0]}"
+        # The fluent API is the only way mlflow.pytorch logs into a given run; ending that
+        # context marks the run FINISHED, which evaluate's metrics still reach.
+        with mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
+            mlflow.pytorch.log_model(model, name=name, pip_requirements=[requirement, "melecole"],
+                                     serialization_format="pickle")
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         if self.enabled:

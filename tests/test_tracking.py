@@ -56,6 +56,14 @@ def test_train_and_evaluate_share_one_run(tmp_path, prepared, monkeypatch, capsy
     assert all(abs(s.value - (m.value + merges[m.step])) < 1e-9 for s, m in zip(sums, splits))
     assert run.data.metrics["test_vi_sum"] == run.data.metrics["test_vi_split"] + run.data.metrics["test_vi_merge"]
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    # The model in MLflow's model list, the volumes as dataset inputs.
+    models = client.search_logged_models([experiment.experiment_id])
+    assert [m.source_run_id for m in models] == [run.info.run_id]
+    contexts = sorted(tag.value for d in run.inputs.dataset_inputs for tag in d.tags if tag.key == "mlflow.data.context")
+    assert contexts == ["training", "validation"], contexts
+    # A picture per validation, at its step.
+    images = [a.path for a in client.list_artifacts(run.info.run_id, "images")]
+    assert sum(path.endswith(".png") and "validation" in path for path in images) == 2, images
     # The curves for dvc plots, beside the checkpoint.
     curves = (tmp_path / "plots" / "validation.csv").read_text().splitlines()
     assert curves[0] == "step,vi_split,vi_merge,vi_sum,arand" and [r.split(",")[0] for r in curves[1:]] == ["2", "4"]

@@ -91,6 +91,7 @@ class PredictBlocks:
                                 state["grid"], region, self.batch_size)
         start = tuple(r.start for r in region)
         for name in self.datasets:
-            values = result[name]
+            values = result.pop(name)  # each float output freed once written
             dataset = state["container"].dataset(name)
             dataset.write(start, encode(name, values))
+            del values

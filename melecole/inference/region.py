@@ -173,5 +173,7 @@ def predict_region(tile_predictor: TilePredictor, read: Reader, grid: TileGrid, 
             on_tiles(len(batch))
     result = blender.result()
     result["boundary"] = result["boundary"][0]
-    result["affinities"] *= volume_pairs(grid.shape, tile_predictor.offsets, region)
+    # Channel by channel: a mask of every channel at once is as large as the affinities.
+    for channel, offset in enumerate(tile_predictor.offsets):
+        result["affinities"][channel] *= volume_pairs(grid.shape, [offset], region)[0]
     return result

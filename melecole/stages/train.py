@@ -42,7 +42,8 @@ from melecole.models.moco import MoCo
 from melecole.progress import MetricBuffer, ProgressBar, work_bar
 from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, fingerprint, for_other_ranks, restore
 from melecole.schedule import build_scheduler
-from melecole.stages.segment import score_on
+from melecole.stages.segment import run_method, score_on
+from melecole.figures import result_image
 from melecole.plots import CurveFiles
 from melecole.tracking import Tracker, run_name, run_tags
 from melecole.training import NonFiniteLoss, StepOptions, TrainingResult, make_ema, train_loop
@@ -94,21 +95,30 @@ def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
 
 
 def validation_scores(params: Params, model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]],
-                      augment: str = "none") -> dict:
+                      augment: str = "none", picture: Callable[[np.ndarray], None] | None = None) -> dict:
     """Segments the validation volumes ``(raw, labels)`` with the configured method and scores
     them pooled, as one validation set.
 
     For the agglomeration without a fixed threshold, the score is that of the best candidate
-    threshold, which is returned under ``threshold``.
+    threshold, which is returned under ``threshold``. With ``picture``, it receives the
+    :func:`melecole.figures.result_image` of the first volume's middle slice, segmented as scored.
     """
     loss, cfg = params.train.loss, params.predict
     # Quantised as predict stores them, so the threshold is chosen on what segment will read.
     with work_bar(sum(count_tiles(raw.shape, cfg.patch, cfg.overlap) for raw, _ in volumes), "validate", "tile") as bar:
         predicted = [(round_trip(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size,
                                                 params.segment.offsets, loss.delta_d, loss.norm, augment, cfg.affinity,
-                                                embedding=False, on_tiles=bar.update)), labels)
-                     for raw, labels in volumes]
-    return score_on(params.segment, predicted, params.seed)
+                                                embedding=picture is not None and index == 0, on_tiles=bar.update)),
+                      labels)
+                     for index, (raw, labels) in enumerate(volumes)]
+    scores = score_on(params.segment, predicted, params.seed)
+    if picture is not None:
+        predictions, labels = predicted[0]
+        threshold = scores.get("threshold", params.segment.agglomeration.threshold)
+        segmentation = run_method(params.segment.method, params.segment, predictions, threshold, params.seed)
+        picture(result_image(volumes[0][0], labels, segmentation, predictions.get("boundary"),
+                             predictions.get("embedding")))
+    return scores
 
 
 def segmentation_network(model: torch.nn.Module) -> torch.nn.Module:
@@ -268,6 +278,8 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
                           scheduler=parts.scheduler, scaler=parts.scaler, checkpoint_every=cfg.checkpoint_every,
                           contrastive=plan)
     tracker = _tracker(params, params_dict, ctx, run_id, resumed_from)
+    if state is None:
+        tracker.log_datasets({"training": train_files, "validation": val_files})
     sink = tracker.log_metrics
     if ctx.is_main:
         curves = CurveFiles(plots_folder(checkpoint), fresh=state is None)
@@ -278,6 +290,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
 
     metrics = MetricBuffer(sink, hold=cfg.checkpoint_every > 0)
     on_log = _with_validation_log(metrics, validation_log) if ctx.is_main else None
+    picture, on_log = _with_pictures(tracker, on_log)
 
     def keep_best(step: int, scores: dict, evaluated: torch.nn.Module) -> None:
         best.update(step=step, metrics=dict(scores), state=copy.deepcopy(segmentation_network(evaluated).state_dict()))
@@ -297,7 +310,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     try:
         result = train_loop(network, loss_fn, batches, parts.optimizer, cfg.steps, cfg.batch_size, device,
                             cfg.log_every, cfg.val_every,
-                            (lambda m: validation_scores(params, segmentation_network(m), validation))
+                            (lambda m: validation_scores(params, segmentation_network(m), validation, picture=picture))
                             if ctx.is_main else None,
                             on_log=on_log, on_best=keep_best, progress=bar,
                             ema=parts.ema, offsets=offsets, options=options, state=state,
@@ -319,6 +332,21 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
         return None
     return _finish(params, model, best, result, tracker, metrics, checkpoint, run_file, validation,
                    device, ctx, resumed_from)
+
+
+def _with_pictures(tracker: Tracker, on_log: Callable[[dict, int], None] | None):
+    """With tracking on: a ``picture`` callback for the validation and ``on_log`` that sends the
+    picture of each validation to MLflow at that validation's step (key ``validation``)."""
+    if on_log is None or not tracker.enabled:
+        return None, on_log
+    held: list[np.ndarray] = []
+
+    def log(figures: dict, step: int) -> None:
+        on_log(figures, step)
+        if held and any(key.startswith("val_") for key in figures):
+            tracker.log_image(held.pop(), "validation", step)
+
+    return held.append, log
 
 
 def _with_validation_log(sink: Callable[[dict, int], None],
@@ -377,6 +405,7 @@ def _finish(params: Params, model: torch.nn.Module, best: dict, result: Training
     tracker.log_metrics({"best_step": best["step"], "train_seconds": result.seconds,
                          **{f"final_val_{k}": v for k, v in final.items()}})
     tracker.log_artifact(checkpoint, "checkpoint")
+    tracker.log_model(model)
     if run_file is not None:
         with atomic_output(run_file) as tmp:
             tmp.write_text((tracker.run_id or "") + "\n")
