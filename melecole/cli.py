@@ -176,6 +176,27 @@ def cmd_augment_preview(args: argparse.Namespace) -> None:
     print(json.dumps(augment_preview(args.out, args.root, args.dataset, patch=args.patch, seed=args.seed)))
 
 
+def cmd_view(args: argparse.Namespace) -> None:
+    from melecole.view import open_view
+
+    if args.timeout is not None and args.timeout < 0:
+        raise MelecoleError(f"--timeout must be at least 0 seconds, got {args.timeout}")
+    with open_view(args.raw, args.seg, gt=args.gt, pred=args.pred, host=args.host, port=args.port,
+                   voxel_size=tuple(args.voxel_size) if args.voxel_size else None) as session:
+        print(session.url, flush=True)
+        for note in session.notes:
+            print(f"melecole view: note: {note}", file=sys.stderr)
+        if args.no_wait:
+            return
+        until = f"for {args.timeout:g} s" if args.timeout is not None else "until Ctrl-C"
+        print(f"melecole view: serving {until} (layers: {', '.join(layer.name for layer in session.plan.layers)})",
+              file=sys.stderr, flush=True)
+        try:
+            session.wait(args.timeout)
+        except KeyboardInterrupt:
+            print("melecole view: stopped", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melecole", description=f"Neuron segmentation in 3D EM. Pipeline: {PIPELINE}.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -308,6 +329,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("view", help="look at raw, segmentation, ground truth and predictions in a local Neuroglancer",
+                       description="Starts a Neuroglancer viewer (web server and bundled client, nothing downloaded) "
+                                   "and prints its URL; open it in a browser. Layers: raw, segmentation, ground truth, "
+                                   "boundary and affinities (z, y, x nearest neighbours as red, green, blue). Data are "
+                                   "read chunk by chunk as the browser asks, so volumes larger than memory work. "
+                                   "Serves until Ctrl-C.")
+    p.add_argument("--raw", required=True, help="raw volume: FILE.h5:dataset, STORE.zarr/array, TIFF "
+                                                "(a file with a dataset 'raw' may be named alone)")
+    p.add_argument("--seg", required=True, help="segmentation FILE[:dataset] (default dataset: 'segmentation')")
+    p.add_argument("--gt", help="ground truth FILE[:dataset] (default dataset: 'labels')")
+    p.add_argument("--pred", help="predictions .zarr or .h5 written by predict (datasets boundary, affinities, "
+                                  "predicted_affinities)")
+    p.add_argument("--voxel-size", type=float, nargs=3, metavar=("Z", "Y", "X"),
+                   help="voxel size in nm (default: the files'; unit-less 1 x 1 x 1 when they say nothing)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default: 127.0.0.1, this machine only; from elsewhere use "
+                        "ssh -L PORT:127.0.0.1:PORT; 0.0.0.0 serves the data to anyone who has the URL)")
+    p.add_argument("--port", type=int, default=0, help="port to listen on (default: 0, any free port)")
+    wait = p.add_mutually_exclusive_group()
+    wait.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this many seconds (default: never)")
+    wait.add_argument("--no-wait", action="store_true",
+                      help="check the inputs, start, print the URL and stop at once (scripts and tests)")
+    p.set_defaults(func=cmd_view)
     return parser
 
 
