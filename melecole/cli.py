@@ -114,7 +114,8 @@ def _blockwise_arguments(p: argparse.ArgumentParser, what: str) -> None:
                        help=f"{what} block by block on daisy into a zarr store; a killed run resumes (default: off)")
     group.add_argument("--workers", type=int, default=1, help="worker processes (default: 1, this process)")
     group.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"),
-                       help="block shape, a multiple of predict.chunks (default: the largest within predict.memory_gb)")
+                       help="block shape, a multiple of predict.chunks (default: the largest within "
+                            + ("predict.memory_gb)" if what == "predict" else "2 GiB per worker, at 120 bytes per voxel)"))
     group.add_argument("--host", default="127.0.0.1",
                        help="address the scheduler listens on; this machine's name lets workers elsewhere connect "
                             "(default: 127.0.0.1, this machine only)")
@@ -219,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prepared folder with train*.h5, val.h5 and any val-*.h5 (default: data)")
     p.add_argument("--train", nargs="+", help="training files (datasets raw, labels) instead of --data")
     p.add_argument("--val", nargs="+", help="validation files (datasets raw, labels), scored pooled")
-    p.add_argument("--out", default="outputs/checkpoint.pt", help="checkpoint path")
+    p.add_argument("--out", default="outputs/checkpoint.pt", help="checkpoint path (default: outputs/checkpoint.pt)")
     p.add_argument("--run-file", help="write the MLflow run id here so evaluate can add to the same run")
     p.add_argument("--validation-log", help="append one JSON line per validation ({\"step\": N, \"vi_split\": ...}) "
                                             "here as training goes (a hyper-parameter search watches it)")
@@ -303,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fetch-snemi3d", help="download the SNEMI3D archive (network needed; DVC users: dvc update data.dvc)",
                        description="Downloads the SNEMI3D train/val/test archive named in data.dvc to OUT, atomically, "
                                    "verifying --sha256 when given.")
-    p.add_argument("--out", default="downloads/snemi3d.zip")
+    p.add_argument("--out", default="downloads/snemi3d.zip", help="archive path (default: downloads/snemi3d.zip)")
     p.add_argument("--url", help="archive URL (default: the MeLeCoLe share on TU Dresden's cloud storage)")
     p.add_argument("--sha256", help="expected SHA-256 of the archive")
     p.set_defaults(func=cmd_fetch_snemi3d)
@@ -316,18 +317,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_overrides)
 
     p = sub.add_parser("report", help="print a metrics file as a table beside the published reference rows")
-    p.add_argument("metrics", nargs="?", default="metrics.json")
+    p.add_argument("metrics", nargs="?", default="metrics.json", help="metrics JSON written by evaluate (default: metrics.json)")
     p.add_argument("--params", help=params_help)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("augment-preview", help="PNG grid of every training augmentation on a real patch",
                        description="One row per augmentation (default parameters, each alone): the central "
                                    "section of raw and labels before and after, and a (z, x) cut of raw after.")
-    p.add_argument("--out", default="outputs/augment-preview.png", help="PNG to write")
-    p.add_argument("--dataset", default="flyem-fib-small", help="bundled dataset whose train block is shown")
+    p.add_argument("--out", default="outputs/augment-preview.png", help="PNG to write (default: outputs/augment-preview.png)")
+    p.add_argument("--dataset", default="flyem-fib-small", help="bundled dataset whose train block is shown (default: flyem-fib-small)")
     p.add_argument("--root", default="datasets", help="folder of the bundled datasets (default: datasets)")
-    p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"))
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--patch", type=int, nargs=3, default=[48, 48, 48], metavar=("Z", "Y", "X"),
+                   help="patch shape (default: 48 48 48)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the patch and augmentations (default: 0)")
     p.set_defaults(func=cmd_augment_preview)
 
     p = sub.add_parser("view", help="look at raw, segmentation, ground truth and predictions in a local Neuroglancer",
