@@ -20,7 +20,7 @@ run: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" melecole report metrics.json
 
 test: install
-	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q --durations=15
 
 bench: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -m benchmark
