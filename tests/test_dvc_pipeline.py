@@ -63,7 +63,8 @@ def test_repro_is_reproducible_and_experiments_are_compared(project):
     curves = (root / "outputs" / "plots" / "validation.csv").read_text().splitlines()
     assert curves[0] == "step,vi_split,vi_merge,vi_sum,arand" and len(curves) >= 2, curves
     plotted = json.loads(_sh(root, env, "dvc", "plots", "show", "--json"))
-    assert any("validation.csv" in name for name in plotted), list(plotted)
+    assert not plotted.get("errors"), plotted.get("errors")
+    assert any("validation.csv" in name and rows for name, rows in plotted["data"].items()), plotted["data"].keys()
     assert set(first["baselines"]) == {"mws", "watershed"}
     assert (root / "dvc.lock").is_file()
     _sh(root, env, "git", "add", "-A")
