@@ -1,4 +1,4 @@
-"""Mutex Watershed wrapper: affinity convention, strides, mask, and agreement with mwatershed."""
+"""Mutex Watershed: affinity convention, strides, mask, seeds; the fast implementation against elf and mwatershed."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import mwatershed
 import numpy as np
 import pytest
 
+from melecole.evaluate import evaluate_segmentation
 from melecole.segment.affinities import valid_mask
 from melecole.segment.mutex import mutex_watershed
 
@@ -203,3 +204,151 @@ def test_seeds_of_the_wrong_shape_are_rejected() -> None:
     gt = _blocks()
     with pytest.raises(ValueError, match="seeds"):
         mutex_watershed(_perfect_affinities(gt, OFFSETS), OFFSETS, seeds=np.zeros((2, 2, 2), np.int64))
+
+
+# --- The fast implementation against the libraries -----------------------------------------------
+
+# segment.offsets of params.yaml: 3 attractive nearest neighbours, 9 long-range repulsive.
+DEFAULT_OFFSETS = [
+    (-1, 0, 0), (0, -1, 0), (0, 0, -1), (-3, 0, 0), (0, -3, 0), (0, 0, -3),
+    (-9, 0, 0), (0, -9, 0), (0, 0, -9), (-6, -6, 0), (0, -6, -6), (-6, 0, -6),
+]
+
+
+def _smooth_affinities(shape: tuple[int, int, int], seed: int, offsets=OFFSETS) -> np.ndarray:
+    """Continuous (tie-free) smooth random affinities in [0, 1], float32."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    field = ndi.gaussian_filter(rng.uniform(size=(len(offsets),) + shape), (0, 1, 2, 2))
+    field = (field - field.min()) / (field.max() - field.min())
+    return (field * valid_mask(shape, offsets)).astype(np.float32)
+
+
+def _predicted_affinities(labels: np.ndarray, offsets, seed: int, noise: float = 1.5) -> np.ndarray:
+    """Affinities like a network's: sigmoid(+-3 + smooth noise) of same-object pairs, float32."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    same = 2.0 * _perfect_affinities(labels, offsets) - 1.0
+    field = ndi.gaussian_filter(rng.standard_normal(same.shape), (0, 0.5, 2, 2))
+    affs = 1.0 / (1.0 + np.exp(-(3.0 * same + noise * field / field.std())))
+    return (affs * valid_mask(labels.shape, offsets)).astype(np.float32)
+
+
+def _synthetic_labels(seed: int) -> np.ndarray:
+    from melecole.data.synthetic import make_synthetic_volume
+
+    return make_synthetic_volume((16, 64, 64), neurites=20, seed=seed)[1].astype(np.uint64)
+
+
+@pytest.mark.parametrize(
+    ("seed", "strides", "randomize", "masked"),
+    [(0, (1, 1, 1), False, False), (1, (1, 2, 2), False, False), (2, (2, 1, 3), False, True),
+     (3, (1, 2, 2), True, False), (4, (2, 2, 2), True, True)],
+)
+def test_fast_is_elf_exactly_on_continuous_affinities(seed, strides, randomize, masked) -> None:
+    affs = _smooth_affinities((8, 24, 24), seed)
+    mask = np.random.default_rng(seed).random(affs.shape[1:]) > 0.15 if masked else None
+    arguments = {"strides": strides, "randomize_strides": randomize, "mask": mask, "seed": seed}
+    fast = mutex_watershed(affs, OFFSETS, **arguments)
+    elf = mutex_watershed(affs, OFFSETS, **arguments, implementation="elf")
+    assert 10 < fast.max() < fast.size // 4  # many segments, not shattered
+    np.testing.assert_array_equal(fast, elf)  # the same ids too: both number by first appearance
+
+
+def test_fast_is_elf_when_many_different_weights_share_a_bucket() -> None:
+    # All weights within a few 1e-5 of 0.5: every float bucket holds many different weights,
+    # and attractive and repulsive weights compare only exactly.
+    affs = 0.5 + 4e-5 * (_smooth_affinities((6, 20, 20), 7) - 0.5)
+    affs = (affs * valid_mask(affs.shape[1:], OFFSETS)).astype(np.float32)
+    fast = mutex_watershed(affs, OFFSETS, strides=(1, 1, 1))
+    elf = mutex_watershed(affs, OFFSETS, strides=(1, 1, 1), implementation="elf")
+    assert fast.max() > 10
+    np.testing.assert_array_equal(fast, elf)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_is_elf_exactly_on_quantised_predictions_with_ties(seed: int) -> None:
+    labels = _synthetic_labels(seed)
+    stored = np.rint(_predicted_affinities(labels, DEFAULT_OFFSETS, seed) * 255).astype(np.uint8)
+    decoded = stored.astype(np.float32) / np.float32(255)
+    assert len(np.unique(stored)) <= 256 < stored.size // 100  # ties everywhere
+    fast = mutex_watershed(stored, DEFAULT_OFFSETS, strides=(1, 1, 1))
+    np.testing.assert_array_equal(fast, mutex_watershed(decoded, DEFAULT_OFFSETS, strides=(1, 1, 1)))
+    np.testing.assert_array_equal(fast, mutex_watershed(decoded, DEFAULT_OFFSETS, strides=(1, 1, 1),
+                                                        implementation="elf"))
+    scores = evaluate_segmentation(fast, labels)
+    assert scores["vi_split"] + scores["vi_merge"] < 0.2  # realistic: a good segmentation
+    # mwatershed breaks ties in another order: a slightly different partition.
+    other = mutex_watershed(stored, DEFAULT_OFFSETS, strides=(1, 1, 1), implementation="mwatershed")
+    between = evaluate_segmentation(other, fast)
+    assert between["vi_split"] + between["vi_merge"] < 0.02
+
+
+def test_equal_weights_go_by_edge_index_attractive_first() -> None:
+    # Three voxels in a row; both attractive edges and the repulsive edge between the ends weigh
+    # exactly the same. By index, channel 0 (attractive) comes before channel 3 (repulsive): the
+    # row merges before the mutex is seen. Repulsive-first would split it.
+    offsets = [(0, 0, -1), (0, -1, 0), (-1, 0, 0), (0, 0, -2)]
+    from melecole.segment.mutex_fast import weight_table
+
+    table = weight_table()
+    level = next(k for k in range(256) if table[0, k] in table[1])
+    partner = int(np.flatnonzero(table[1] == table[0, level])[0])
+    affs = np.zeros((4, 1, 1, 3), dtype=np.uint8)
+    affs[0, 0, 0, 1:] = level
+    affs[3, 0, 0, 2] = partner
+    for implementation in ("fast", "elf"):
+        stored = affs if implementation == "fast" else affs.astype(np.float32) / np.float32(255)
+        np.testing.assert_array_equal(
+            mutex_watershed(stored, offsets, strides=(1, 1, 1), implementation=implementation), 1)
+    affs[3, 0, 0, 2] = partner - 1  # the mutex now weighs more: processed first, the row splits
+    assert mutex_watershed(affs, offsets, strides=(1, 1, 1)).max() == 2
+    # The same with float weights that are no uint8 levels: 0.75 attracts exactly as strongly as
+    # 0.25 repels.
+    floats = np.zeros((4, 1, 1, 3), dtype=np.float32)
+    floats[0, 0, 0, 1:] = 0.75
+    floats[3, 0, 0, 2] = 0.25
+    for implementation in ("fast", "elf"):
+        np.testing.assert_array_equal(
+            mutex_watershed(floats, offsets, strides=(1, 1, 1), implementation=implementation), 1)
+    floats[3, 0, 0, 2] = 0.2499
+    assert mutex_watershed(floats, offsets, strides=(1, 1, 1)).max() == 2
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_fast_seeded_is_mwatershed_seeded(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    affs = np.clip(_smooth_affinities((8, 24, 24), seed), 0.02, 0.98)  # no zero: mwatershed reads 0 as repulsive
+    affs[valid_mask(affs.shape[1:], OFFSETS) == 0] = 0.0
+    seeds = np.zeros(affs.shape[1:], dtype=np.int64)
+    for seed_id in (3, 9, 40, 41):
+        z, y, x = rng.integers(0, 8), rng.integers(0, 20), rng.integers(0, 20)
+        seeds[z, y:y + 3, x:x + 3] = seed_id
+    fast = mutex_watershed(affs, OFFSETS, strides=(1, 2, 2), seeds=seeds)
+    rust = mutex_watershed(affs, OFFSETS, strides=(1, 2, 2), seeds=seeds, implementation="mwatershed")
+    assert _same_partition(fast, rust)
+    for seed_id in (3, 9, 40, 41):
+        assert len(np.unique(fast[seeds == seed_id])) == 1
+    assert len(np.unique([fast[seeds == s][0] for s in (3, 9, 40, 41)])) == 4
+
+
+def test_uint8_is_read_as_probability_times_255_and_not_copied_to_float() -> None:
+    affs = np.rint(_smooth_affinities((6, 20, 20), 8) * 255).astype(np.uint8)
+    before = affs.copy()
+    ours = mutex_watershed(affs, OFFSETS, strides=(1, 1, 1))
+    np.testing.assert_array_equal(affs, before)
+    np.testing.assert_array_equal(ours, mutex_watershed(affs / 255.0, OFFSETS, strides=(1, 1, 1),
+                                                        implementation="elf"))
+    # Values 0 and 1 of a uint8 array are 0 and 1/255, not affinities 0 and 1.
+    ones = np.ones((len(OFFSETS), 3, 5, 5), dtype=np.uint8)
+    assert mutex_watershed(ones, OFFSETS, strides=(1, 1, 1)).max() > 1
+
+
+def test_unknown_implementation_and_seeds_for_elf_are_rejected() -> None:
+    affs = np.ones((len(OFFSETS), 3, 4, 4), np.float32)
+    with pytest.raises(ValueError, match="implementation"):
+        mutex_watershed(affs, OFFSETS, implementation="bioimage")
+    with pytest.raises(ValueError, match="elf"):
+        mutex_watershed(affs, OFFSETS, seeds=np.ones((3, 4, 4), np.int64), implementation="elf")
