@@ -60,7 +60,7 @@ def merge_greedily(u, v, total, count, n_nodes: int, limit: float) -> np.ndarray
         limit: merge while the lowest score is strictly below it.
     """
     u, v, total, count = _checked(u, v, total, count, n_nodes)
-    return merge_in_place(u.copy(), v.copy(), total.copy(), count.copy(), n_nodes, limit)[0]
+    return _merge_checked(u.copy(), v.copy(), total.copy(), count.copy(), n_nodes, limit)[0]
 
 
 def merge_in_place(u, v, total, count, n_nodes: int, limit: float) -> tuple[np.ndarray, np.ndarray]:
@@ -82,6 +82,11 @@ def merge_in_place(u, v, total, count, n_nodes: int, limit: float) -> tuple[np.n
         if not (isinstance(array, np.ndarray) and array.dtype == dtype and array.flags.c_contiguous and array.flags.writeable):
             raise ValueError(f"merge_in_place overwrites {name}: it must be a writeable C-contiguous {np.dtype(dtype)} array")
     _checked(u, v, total, count, n_nodes)
+    return _merge_checked(u, v, total, count, n_nodes, limit)
+
+
+def _merge_checked(u, v, total, count, n_nodes: int, limit: float) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`merge_in_place` on arrays already checked and converted (checked once, not twice)."""
     scores, order = _queue(total, count, limit)
     alive = np.ones(len(u), dtype=bool)
     roots = _merge(u, v, total, count, scores, order, alive, int(n_nodes), float(limit))
