@@ -106,6 +106,12 @@ def cmd_segment(args: argparse.Namespace) -> None:
                       scheduling=_scheduling(args), block=tuple(args.block) if args.block else None,
                       context=args.context, chunks=tuple(params.predict.chunks))
     print(json.dumps(figures))
+    _warn("segment", figures.get("warnings", []))
+
+
+def _warn(command: str, warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"melecole {command}: warning: {warning}", file=sys.stderr)
 
 
 def _blockwise_arguments(p: argparse.ArgumentParser, what: str) -> None:
@@ -130,16 +136,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from melecole.stages.evaluate import evaluate
     from melecole.stages.report import format_table
 
-    metrics = evaluate(_volume(args.seg), _volume(args.gt), args.out, args.run_file, args.baselines)
+    metrics = evaluate(_volume(args.seg), _volume(args.gt), args.out, args.run_file, args.baselines,
+                       held_out=args.held_out)
     rows = {args.seg: metrics, **metrics.get("baselines", {})}
     print(json.dumps(metrics) if args.json else format_table(rows))
+    _warn("evaluate", metrics["warnings"])
+
+
+def cmd_heldout(args: argparse.Namespace) -> None:
+    from melecole.stages.heldout import score_held_out
+
+    results = score_held_out(_params(args.params), args.checkpoint, args.data, args.out,
+                             say=lambda line: print(line, file=sys.stderr, flush=True))
+    print(json.dumps(results))
+    for metrics in results.values():
+        _warn("heldout", metrics.get("warnings", []))
 
 
 def cmd_report(args: argparse.Namespace) -> None:
     from melecole.stages.report import report
 
     params = _params(args.params)
-    print(report(args.metrics, params.data.dataset, params.data.bundled_root))
+    print(report(args.metrics, params.data.bundled_root))
 
 
 def cmd_tune(args: argparse.Namespace) -> None:
@@ -269,7 +287,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-file", help="MLflow run id file written by train: log the test metrics to that run")
     p.add_argument("--baselines", action="store_true",
                    help="also score every other dataset of the segmentation file (the baselines segment writes)")
+    p.add_argument("--held-out", metavar="FOLDER",
+                   help="output of `melecole heldout`: add each held-out test volume's metrics as test_<name> "
+                        "(default: none)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("heldout", help="predict, segment and score every held-out test volume (data/test-*.h5)",
+                       description="Each extra test volume of the prepared folder (data.test_extra: another "
+                                   "acquisition's test block or a slab held out of its training block) goes through "
+                                   "predict, segment and evaluate with the pipeline's parameters into "
+                                   "OUT/<name>/{predictions.zarr, segmentation.h5, metrics.json}; "
+                                   "`evaluate --held-out OUT` adds them to the run's metrics.")
+    p.add_argument("--params", help=params_help)
+    p.add_argument("--checkpoint", default="outputs/checkpoint.pt", help="model checkpoint (default: outputs/checkpoint.pt)")
+    p.add_argument("--data", default="data", help="prepared folder with test-*.h5 (default: data)")
+    p.add_argument("--out", default="outputs/heldout", help="output folder (default: outputs/heldout)")
+    p.set_defaults(func=cmd_heldout)
 
     storage_help = "Optuna storage URL shared by every worker, e.g. postgresql://user@host/db (default: sqlite:///OUT/optuna.db)"
     reference_help = "LABEL=metrics.json: also plot this run's validation VI split / merge (repeatable)"

@@ -50,6 +50,12 @@ class DataConfig(_Strict):
                           "the slabs pooled (threshold and checkpoint chosen on more than one acquisition)")
     val_axis: int = Field(2, ge=0, le=2)
     val_fraction: float = Field(0.25, gt=0, lt=1)
+    test_extra: list[Literal["flyem-fib-small", "flyem-fib-medulla"]] = Field(
+        [], description="more test volumes, scored in every run beside the main test block (data/test-<name>.h5): "
+                        "a dataset's own test block, or a slab held out of its training block (never trained or "
+                        "validated on)")
+    test_axis: int = Field(0, ge=0, le=2, description="axis of the slab held out for test_extra")
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="fraction of the training block held out for test_extra")
     bundled_root: str = "datasets"
     synthetic: SyntheticConfig = SyntheticConfig()
     snemi3d: Snemi3dConfig = Snemi3dConfig()

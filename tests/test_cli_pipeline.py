@@ -55,11 +55,31 @@ def test_train_predict_segment_evaluate(tmp_path, prepared, params_file, capsys)
     code, out, _ = _run(capsys, "evaluate", "--seg", f"{seg}:segmentation", "--gt",
                         f"{prepared / 'test.h5'}:labels", "--json", "--out", tmp_path / "metrics.json")
     metrics = json.loads(out)
-    assert set(metrics) == {"vi_split", "vi_merge", "vi_sum", "arand"}
+    assert set(metrics) == {"vi_split", "vi_merge", "vi_sum", "arand", "volume", "warnings"}
     assert metrics["vi_sum"] == metrics["vi_split"] + metrics["vi_merge"]
+    assert metrics["volume"] == f"{prepared / 'test.h5'}:labels"  # no source recorded: the file names it
     expected = evaluate_segmentation(segmentation, read_volume(f"{prepared / 'test.h5'}:labels"))
     assert {k: metrics[k] for k in expected} == pytest.approx(expected, abs=1e-12)
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
+
+    # A held-out volume goes through the same predict, segment and evaluate.
+    raw, labels = blocks_volume(shape=(16, 24, 32), seed=5)
+    write_volumes(prepared / "test-extra.h5", {"raw": raw, "labels": labels}, {"source": "extra", "split": "test"})
+    held = tmp_path / "out" / "heldout"
+    code, out, err = _run(capsys, "heldout", "--params", params_file, "--checkpoint", ckpt, "--data", prepared,
+                          "--out", held)
+    assert code == 0, err
+    scores = json.loads(out)["extra"]
+    assert scores["volume"] == "extra test"
+    held_seg = read_volume(f"{held / 'extra' / 'segmentation.h5'}:segmentation")
+    assert held_seg.shape == (16, 24, 32)
+    assert read_volume(f"{held / 'extra' / 'predictions.zarr'}/boundary").shape == (16, 24, 32)
+    expected = evaluate_segmentation(held_seg, labels)
+    assert {k: scores[k] for k in expected} == pytest.approx(expected, abs=1e-12)
+    assert set(scores["baselines"]) == {"mws", "watershed"}
+    code, out, _ = _run(capsys, "evaluate", "--seg", f"{seg}:segmentation", "--gt", f"{prepared / 'test.h5'}:labels",
+                        "--held-out", held, "--json")
+    assert json.loads(out)["test_extra"] == scores
 
 
 def test_training_is_deterministic(tmp_path, prepared, params_file, capsys):

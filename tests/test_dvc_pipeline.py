@@ -59,7 +59,8 @@ def test_repro_is_reproducible_and_experiments_are_compared(project):
     root, env = project
     _sh(root, env, "dvc", "repro")
     first = json.loads((root / "metrics.json").read_text())
-    assert set(first) == {"vi_split", "vi_merge", "vi_sum", "arand", "baselines"}
+    assert set(first) == {"vi_split", "vi_merge", "vi_sum", "arand", "baselines", "volume", "warnings"}
+    assert first["volume"] == "synthetic test"
     curves = (root / "outputs" / "plots" / "validation.csv").read_text().splitlines()
     assert curves[0] == "step,vi_split,vi_merge,vi_sum,arand" and len(curves) >= 2, curves
     plotted = json.loads(_sh(root, env, "dvc", "plots", "show", "--json"))

@@ -61,7 +61,8 @@ def test_scores_and_baselines_equal_whole_arrays_with_blocks_of_bounded_size(tmp
     metrics = evaluate(seg_spec, gt_spec, out=tmp_path / "metrics.json", baselines=True, block_voxels=1000)
 
     expected = evaluate_segmentation(seg, gt)
-    assert metrics == with_vi_sum({**expected, "baselines": {"fragments": with_vi_sum(evaluate_segmentation(baseline, gt))}})
+    assert metrics == with_vi_sum({**expected, "volume": str(gt_spec), "warnings": [],
+                                   "baselines": {"fragments": with_vi_sum(evaluate_segmentation(baseline, gt))}})
     assert json.loads((tmp_path / "metrics.json").read_text()) == metrics
     assert 0 < metrics["vi_split"] and 0 < metrics["vi_merge"]
     assert len(reads) == 3  # segmentation, baseline, ground truth
@@ -104,7 +105,8 @@ def test_baseline_of_another_shape_or_a_float_dtype_is_named(tmp_path, reads):
         evaluate(VolumeSpec(tmp_path / "floats.h5"), gt_spec)
     assert reads == {}
     # Without the baselines the segmentation alone is scored.
-    assert evaluate(seg_spec, gt_spec) == with_vi_sum(evaluate_segmentation(seg, gt))
+    assert evaluate(seg_spec, gt_spec) == {**with_vi_sum(evaluate_segmentation(seg, gt)), "volume": str(gt_spec),
+                                           "warnings": []}
 
 
 def test_unlabelled_ground_truth_is_refused_naming_both_volumes(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import h5py
 import numpy as np
 import pytest
 
@@ -32,6 +33,39 @@ def test_bundled_default_splits_and_licences(tmp_path):
     for name in ("flyem-fib-small", "flyem-fib-medulla"):
         assert (out / "licences" / name / "LICENSE.txt").is_file()
     assert (out / "licences" / "flyem-fib-small" / "CITATION.bib").is_file()
+
+
+def test_held_out_slab_is_cut_before_training_and_validation(tmp_path):
+    config = _data_config(**{"data.extra_train": ["flyem-fib-medulla"], "data.test_extra": ["flyem-fib-medulla"]})
+    prepare(config, 0, tmp_path / "data")
+    out = tmp_path / "data"
+    shapes = {path.name: read_volume(f"{path}:raw").shape for path in out.glob("*-flyem-fib-medulla.h5")}
+    # z 0-99 train and validate (the validation slab cut off x as before), z 100-124 only test.
+    assert shapes == {"train-flyem-fib-medulla.h5": (100, 250, 188), "val-flyem-fib-medulla.h5": (100, 250, 62),
+                      "test-flyem-fib-medulla.h5": (25, 250, 250)}
+    source = read_volume(str(DATASETS / "flyem-fib-medulla" / "train-gt.h5"))
+    parts = {name: read_volume(f"{out / f'{name}-flyem-fib-medulla.h5'}:labels") for name in ("train", "val", "test")}
+    np.testing.assert_array_equal(np.concatenate([parts["train"], parts["val"]], axis=2), source[:100])
+    np.testing.assert_array_equal(parts["test"], source[100:])
+    with h5py.File(out / "test-flyem-fib-medulla.h5") as handle:
+        assert (handle.attrs["source"], handle.attrs["split"]) == ("flyem-fib-medulla", "test")
+    from melecole.data.prepared import held_out_test_files, training_files
+
+    assert held_out_test_files(out) == {"flyem-fib-medulla": out / "test-flyem-fib-medulla.h5"}
+    train, val = training_files(out)
+    assert not any(path.name.startswith("test") for path in train + val)
+
+
+def test_held_out_dataset_with_a_test_block_gives_that_block(tmp_path):
+    config = _data_config(**{"data.dataset": "flyem-fib-medulla", "data.test_extra": ["flyem-fib-small",
+                                                                                       "flyem-fib-medulla"]})
+    prepare(config, 0, tmp_path / "data")
+    out = tmp_path / "data"
+    # The main dataset's own test slab is test.h5: not repeated as a held-out volume.
+    assert sorted(p.name for p in out.glob("test*.h5")) == ["test-flyem-fib-small.h5", "test.h5"]
+    np.testing.assert_array_equal(read_volume(f"{out / 'test-flyem-fib-small.h5'}:labels"),
+                                  read_volume(str(DATASETS / "flyem-fib-small" / "test-gt.lzf.h5")))
+    assert (out / "licences" / "flyem-fib-small" / "LICENSE.txt").is_file()
 
 
 def test_extra_volume_stays_whole_for_training_without_validate_extra(tmp_path):

@@ -23,3 +23,8 @@ def training_files(data_dir: str | Path) -> tuple[list[Path], list[Path]]:
     if not train:
         raise MelecoleError(f"{data_dir}: no train*.h5 files (run `melecole prepare` first)")
     return train, validation_files(data_dir)
+
+
+def held_out_test_files(data_dir: str | Path) -> dict[str, Path]:
+    """``{name: test-<name>.h5}``: the extra test volumes of a prepared folder (``data.test_extra``)."""
+    return {path.stem[len("test-"):]: path for path in sorted(Path(data_dir).glob("test-*.h5"))}

@@ -33,6 +33,7 @@ __all__ = [
     "evaluate_pooled",
     "evaluate_segmentation",
     "evaluate_volumes",
+    "scores_of_table",
     "variation_of_information",
 ]
 
@@ -186,6 +187,11 @@ def evaluate_pooled(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str,
     if not pairs:
         raise MelecoleError("no volumes to evaluate")
     return _scores(sparse.block_diag([contingency(seg, gt, ignore_gt=(0,)) for seg, gt in pairs], format="csr"))
+
+
+def scores_of_table(table: sparse.csr_matrix) -> dict[str, float]:
+    """VI split, VI merge and adapted Rand error of a :func:`contingency` table."""
+    return _scores(table)
 
 
 def _scores(table: sparse.csr_matrix) -> dict[str, float]:

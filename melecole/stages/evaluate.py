@@ -1,8 +1,13 @@
 """evaluate: segmentation + ground truth -> VI split, VI merge, adapted Rand (JSON, MLflow).
 
-The volumes are read block by block (:func:`melecole.evaluate.metrics.evaluate_volumes`), so
+The volumes are read block by block (:func:`melecole.evaluate.metrics.contingency_tables`), so
 memory stays bounded whatever their size; the ground truth is read once for the segmentation
 and all its baselines.
+
+The metrics name the volume they score (``volume``: the ground truth's source and split as
+``prepare`` recorded them, else its file and dataset) and carry ``warnings`` for a segmentation
+that is nearly one segment. The scores of the held-out test volumes (``melecole heldout``) are
+added under ``test_<name>``, so one metrics file holds every test volume of a run.
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ import json
 from pathlib import Path
 
 from melecole.errors import MelecoleError
-from melecole.evaluate.metrics import evaluate_volumes
+from melecole.evaluate.dominance import dominance_warning, largest_share
+from melecole.evaluate.metrics import contingency_tables, scores_of_table
 from melecole.evaluate.streaming import BLOCK_VOXELS, check_pair
 from melecole.io import Volume, VolumeSpec, atomic_output, open_container, open_volume
 from melecole.plots import with_vi_sum
@@ -38,14 +44,40 @@ def _other_datasets(seg_spec: VolumeSpec) -> list[str]:
         return [name for name in container.names() if name != seg_spec.dataset]
 
 
+def volume_name(spec: VolumeSpec) -> str:
+    """What a ground truth is: ``<source> <split>`` as ``prepare`` recorded it, else ``file:dataset``."""
+    try:
+        with open_container(spec.path) as container:
+            attrs = dict(container.attrs)
+    except MelecoleError:  # a TIFF stack: no attributes
+        attrs = {}
+    source, split = attrs.get("source"), attrs.get("split")
+    return f"{source} {split}" if source and split else str(spec)
+
+
+def held_out_metrics(folder: str | Path) -> dict[str, dict]:
+    """``{"test_<name>": metrics}`` of every ``<folder>/<name>/metrics.json`` (``melecole heldout``)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MelecoleError(f"{folder}: no folder of held-out results (run `melecole heldout` first)")
+    found = {}
+    for path in sorted(folder.glob("*/metrics.json")):
+        try:
+            found[f"test_{path.parent.name}"] = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise MelecoleError(f"{path}: not valid JSON ({error})") from None
+    return found
+
+
 def evaluate(seg_spec: VolumeSpec, gt_spec: VolumeSpec, out: str | Path | None = None,
              run_file: str | Path | None = None, baselines: bool = False,
-             block_voxels: int = BLOCK_VOXELS) -> dict:
+             block_voxels: int = BLOCK_VOXELS, held_out: str | Path | None = None) -> dict:
     """Scores a segmentation; optionally writes the metrics JSON and adds them to the MLflow run.
 
     With ``baselines``, every other dataset of the segmentation file (the baselines that
     ``segment`` writes beside its main result) is scored too, under the key ``baselines``.
-    ``block_voxels`` is the number of voxels of each volume read at a time.
+    ``block_voxels`` is the number of voxels of each volume read at a time. ``held_out`` is a
+    folder written by ``melecole heldout``: its volumes' metrics join under ``test_<name>``.
     """
     with contextlib.ExitStack() as stack:
         ground_truth = stack.enter_context(open_volume(gt_spec, ndim=3))
@@ -55,20 +87,38 @@ def evaluate(seg_spec: VolumeSpec, gt_spec: VolumeSpec, out: str | Path | None =
             specs += [VolumeSpec(seg_spec.path, name) for name in _other_datasets(seg_spec)]
             segmentations += [_opened(stack, spec, ground_truth, gt_spec) for spec in specs[1:]]
         try:
-            scores = evaluate_volumes(segmentations, ground_truth, block_voxels)
+            tables = contingency_tables(segmentations, ground_truth, (0,), block_voxels)
         except MelecoleError as error:
             raise MelecoleError(f"{segmentations[0].name} vs {ground_truth.name}: {error}") from None
-    metrics: dict = with_vi_sum(scores[0])
+    warnings = [dominance_warning(str(spec), largest_share(table.sum(axis=1)), table.shape[0])
+                for spec, table in zip(specs, tables)]
+    scores = [scores_of_table(table) for table in tables]
+    metrics: dict = {**with_vi_sum(scores[0]), "volume": volume_name(gt_spec)}
     if baselines:
         metrics["baselines"] = {spec.dataset: with_vi_sum(score) for spec, score in zip(specs[1:], scores[1:])}
+    metrics["warnings"] = [warning for warning in warnings if warning]
+    if held_out is not None:
+        metrics.update(held_out_metrics(held_out))
     if out is not None:
         with atomic_output(out) as tmp:
             tmp.write_text(json.dumps(metrics, indent=2) + "\n")
     if run_file is not None and Path(run_file).is_file():
         tracker = Tracker.resume(Path(run_file).read_text().strip())
-        flat = {f"test_{k}": v for k, v in metrics.items() if k != "baselines"}
-        for name, scores_of in metrics.get("baselines", {}).items():
-            flat.update({f"test_{name}_{k}": v for k, v in scores_of.items()})
-        tracker.log_metrics(flat)
+        tracker.log_metrics(flat_metrics(metrics))
         tracker.finish()
     return metrics
+
+
+def flat_metrics(metrics: dict, prefix: str = "test_") -> dict[str, float]:
+    """The numbers of a metrics dict as flat MLflow keys: ``test_vi_split``, ``test_mws_vi_split``,
+    ``test_<volume>_vi_split``, ``test_<volume>_mws_vi_split``, ..."""
+    flat = {}
+    for key, value in metrics.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[f"{prefix}{key}"] = value
+        elif key == "baselines":
+            for name, scores_of in value.items():
+                flat.update(flat_metrics(scores_of, f"{prefix}{name}_"))
+        elif key.startswith("test_") and isinstance(value, dict):
+            flat.update(flat_metrics(value, f"{prefix}{key[len('test_'):]}_"))
+    return flat

@@ -3,6 +3,14 @@
 The dataset gives ``train.h5``, ``val.h5`` (a slab cut off its training block) and ``test.h5``;
 every extra training volume gives ``train-<name>.h5`` and, with ``data.validate_extra``, its own
 slab ``val-<name>.h5``, so that validation covers every acquisition the model learns from.
+
+Every ``data.test_extra`` dataset gives ``test-<name>.h5``, a second test volume: its own test
+block if it has one, else a slab (``data.test_fraction`` along ``data.test_axis``) held out of its
+training block *before* the training and validation parts are cut, so the model never trains or
+validates on it and no choice (checkpoint, threshold, method) sees it.
+
+Proofread blocks kept in ``<bundled_root>/active/`` (``melecole active add``) become more training
+volumes, ``train-active-<name>.h5``.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from melecole.config import DataConfig
 from melecole.data.bundled import BUNDLED_FILES, load_bundled
 from melecole.data.splits import split_block
 from melecole.errors import MelecoleError
-from melecole.io import write_volumes
+from melecole.io import check_same_shape, read_volumes, write_volumes
 
 Pair = tuple[np.ndarray, np.ndarray]
 
@@ -68,10 +76,43 @@ def dataset_splits(config: DataConfig, seed: int) -> dict[str, Pair]:
     return _snemi3d_splits(config)
 
 
+def held_out_volumes(config: DataConfig) -> tuple[dict[str, Pair], dict[str, Pair]]:
+    """The ``data.test_extra`` test volumes, and what is left of the training blocks they were cut from.
+
+    Returns:
+        ({name: (raw, labels) of its test volume}, {name: (raw, labels) of its training block
+        without the held-out slab}); the main dataset is skipped (its test block is test.h5).
+    """
+    tests, remaining = {}, {}
+    for name in dict.fromkeys(config.test_extra):
+        if name == config.dataset:
+            continue
+        blocks = load_bundled(config.bundled_root, name)
+        if "test" in blocks:
+            tests[name] = blocks["test"]
+            continue
+        remaining[name], tests[name] = split_block(*blocks["train"], axis=config.test_axis,
+                                                   fraction=config.test_fraction)
+    return tests, remaining
+
+
 def _sources(config: DataConfig) -> list[Path]:
     root = Path(config.bundled_root)
-    names = {config.dataset, *config.extra_train} & set(BUNDLED_FILES)
+    names = {config.dataset, *config.extra_train, *config.test_extra} & set(BUNDLED_FILES)
     return [root / name for name in sorted(names)]
+
+
+def active_volumes(config: DataConfig) -> dict[str, Pair]:
+    """The proofread blocks of ``<bundled_root>/active/*.h5`` (``melecole active add``), by output name
+    ``train-active-<stem>.h5``; checked again here, since anyone may drop a file into the folder."""
+    volumes = {}
+    for path in sorted((Path(config.bundled_root) / "active").glob("*.h5")):
+        pair = read_volumes(path, {"raw": 3, "labels": 3})
+        check_same_shape(path, pair)
+        if not np.issubdtype(pair["labels"].dtype, np.integer):
+            raise MelecoleError(f"{path}:labels has dtype {pair['labels'].dtype}; integer labels are required")
+        volumes[f"train-active-{path.stem.removeprefix('train-active-')}.h5"] = (pair["raw"], pair["labels"])
+    return volumes
 
 
 def prepare(config: DataConfig, seed: int, out: str | Path) -> list[Path]:
@@ -82,7 +123,8 @@ def prepare(config: DataConfig, seed: int, out: str | Path) -> list[Path]:
     """
     out = Path(out)
     splits = dataset_splits(config, seed)
-    extras = {name: load_bundled(config.bundled_root, name)["train"]
+    held_out, training_blocks = held_out_volumes(config)
+    extras = {name: training_blocks.get(name) or load_bundled(config.bundled_root, name)["train"]
               for name in config.extra_train if name != config.dataset}
     staging = out.with_name(f".{out.name}.staging")
     shutil.rmtree(staging, ignore_errors=True)
@@ -102,6 +144,14 @@ def prepare(config: DataConfig, seed: int, out: str | Path) -> list[Path]:
                 write_volumes(staging / f"{split}-{name}.h5", {"raw": raw, "labels": labels.astype(np.uint64)},
                               attrs)
                 written.append(out / f"{split}-{name}.h5")
+        for name, (raw, labels) in held_out.items():
+            attrs = {"source": name, "split": "test"}
+            write_volumes(staging / f"test-{name}.h5", {"raw": raw, "labels": labels.astype(np.uint64)}, attrs)
+            written.append(out / f"test-{name}.h5")
+        for target, (raw, labels) in active_volumes(config).items():
+            write_volumes(staging / target, {"raw": raw, "labels": labels.astype(np.uint64)},
+                          {"source": "active", "split": "train"})
+            written.append(out / target)
         for source in _sources(config):
             for notice in ("LICENSE.txt", "CITATION.bib", "README.md"):
                 if (source / notice).is_file():

@@ -1,4 +1,11 @@
-"""report: the metrics of a run as a table, beside the published rows for the bundled test block."""
+"""report: the metrics of a run as a table, each volume named, the published rows beside theirs.
+
+A metrics file of ``evaluate`` names its volume (``volume``, e.g. ``flyem-fib-small test``) and
+holds the held-out test volumes under ``test_<name>``. The published segmentations shipped with
+flyem-fib-small were scored on its test block only, so their rows appear under that volume and
+nowhere else. A metrics file that does not name its volume (older runs, tuning trials) is shown
+as an unnamed volume, without published rows.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +16,10 @@ from melecole.data.bundled import REFERENCE_SEGMENTATIONS
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_segmentation
 from melecole.io import VolumeSpec, read_volume
+
+# The volume the published rows belong to (``volume`` as evaluate names it).
+REFERENCE_VOLUME = "flyem-fib-small test"
+SCORES = ("vi_split", "vi_merge", "arand")
 
 
 def reference_rows(bundled_root: str | Path) -> dict[str, dict[str, float]]:
@@ -29,8 +40,25 @@ def format_table(rows: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def report(metrics_file: str | Path, dataset: str, bundled_root: str | Path) -> str:
-    """The table for ``metrics_file``, with reference rows when the test block is flyem-fib-small's."""
+def _checked(path: Path, where: str, metrics: dict) -> dict:
+    missing = set(SCORES) - set(metrics)
+    if missing:
+        raise MelecoleError(f"{path}: {where}missing keys {', '.join(sorted(missing))}")
+    return metrics
+
+
+def volume_sections(path: Path, metrics: dict) -> list[tuple[str | None, dict]]:
+    """(volume name or None, its metrics) for the main volume and every ``test_<name>``."""
+    sections = [(metrics.get("volume"), _checked(path, "", metrics))]
+    for key, value in metrics.items():
+        if key.startswith("test_") and isinstance(value, dict):
+            sections.append((value.get("volume", key[len("test_"):]), _checked(path, f"{key}: ", value)))
+    return sections
+
+
+def report(metrics_file: str | Path, bundled_root: str | Path) -> str:
+    """One table per volume of ``metrics_file``: melecole, its baselines, and the published rows
+    where they belong; then any warnings."""
     path = Path(metrics_file)
     if not path.is_file():
         raise MelecoleError(f"{path}: metrics file not found (run the pipeline first)")
@@ -38,12 +66,19 @@ def report(metrics_file: str | Path, dataset: str, bundled_root: str | Path) -> 
         metrics = json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise MelecoleError(f"{path}: not valid JSON ({error})") from None
-    missing = {"vi_split", "vi_merge", "arand"} - set(metrics)
-    if missing:
-        raise MelecoleError(f"{path}: missing keys {', '.join(sorted(missing))}")
-    rows = {f"melecole ({dataset} test block)": metrics}
-    for name, scores in metrics.get("baselines", {}).items():
-        rows[f"  same model, {name}"] = scores
-    if dataset == "flyem-fib-small":
-        rows.update(reference_rows(bundled_root))
-    return format_table(rows)
+    if not isinstance(metrics, dict):
+        raise MelecoleError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
+    tables, warnings = [], []
+    for volume, scores in volume_sections(path, metrics):
+        title = volume or f"unnamed volume ({path} does not say which; older evaluate)"
+        rows = {"melecole": scores}
+        for name, baseline in scores.get("baselines", {}).items():
+            rows[f"  same model, {name}"] = baseline
+        if volume == REFERENCE_VOLUME:
+            rows.update(reference_rows(bundled_root))
+        tables.append(f"{title}\n{format_table(rows)}")
+        warnings += scores.get("warnings", [])
+    text = "\n\n".join(tables)
+    if warnings:
+        text += "\n\n" + "\n".join(f"warning: {warning}" for warning in warnings)
+    return text

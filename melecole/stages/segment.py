@@ -22,6 +22,7 @@ import numpy as np
 from melecole.config import SegmentConfig
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_pooled
+from melecole.evaluate.dominance import dominance_warning, largest_share, segment_sizes
 from melecole.inference.encoding import decode
 from melecole.io import open_container, write_volumes
 from melecole.segment.agglomerate import agglomerate, boundary_affinities
@@ -185,7 +186,12 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
     if threshold is not None:
         attrs["agglomeration_threshold"] = threshold
     write_volumes(out, outputs, attrs, voxel_size=container.dataset("boundary").voxel_size)
-    return {"seconds": seconds, "segments": int(outputs["segmentation"].max()), "threshold": threshold}
+    warnings = []
+    for name, segmentation in outputs.items():
+        sizes = segment_sizes(segmentation)
+        warnings.append(dominance_warning(f"{out}:{name}", largest_share(sizes), len(sizes)))
+    return {"seconds": seconds, "segments": int(outputs["segmentation"].max()), "threshold": threshold,
+            "warnings": [warning for warning in warnings if warning]}
 
 
 # Peak memory of one segment worker per voxel of its block (context of 8 voxels included):
