@@ -125,7 +125,8 @@ def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int
         boundary (B, 1, Z, Y, X) float32 and, when ``offsets`` are given, affinities and
         affinity_mask (B, C, Z, Y, X) float32. From a ViewSampler also view (B, 1, Z, Y, X),
         index / view_index (B, N) int64 flat voxel indices, pair_labels (B, N) int64 (one id per
-        neuron and sample, unique across the batch) and valid (B, N) bool.
+        neuron and sample, unique across the batch), pair_identity (B, N, 2) int64 (the training
+        volume's index and the label id: one neuron across samples and batches) and valid (B, N) bool.
     """
     if isinstance(sampler, LoaderFeed):
         return sampler.next_batch(device)
@@ -169,6 +170,10 @@ def _pair_tensors(views: list[np.ndarray], pair_sets: list[VoxelPairs], device: 
         "index": torch.from_numpy(np.stack([pairs.index_a for pairs in pair_sets])).to(device),
         "view_index": torch.from_numpy(np.stack([pairs.index_b for pairs in pair_sets])).to(device),
         "pair_labels": torch.from_numpy(ids.astype(np.int64)).to(device),
+        # uint64 label ids reinterpreted as int64: equality, all that identities are used for, is kept.
+        "pair_identity": torch.from_numpy(np.stack([np.stack([np.full(pairs.labels.shape, pairs.volume, np.int64),
+                                                              pairs.labels.astype(np.int64)], axis=-1)
+                                                    for pairs in pair_sets])).to(device),
         "valid": torch.from_numpy(np.stack([pairs.valid for pairs in pair_sets])).to(device),
     }
 
@@ -225,10 +230,12 @@ def optimizer_step(model: torch.nn.Module, loss_fn: Callable[[dict, dict], dict]
         with contextlib.nullcontext() if last or not ddp else model.no_sync():
             with torch.autocast(device.type, dtype=options.amp_dtype, enabled=options.amp_dtype is not None):
                 if contrast:
-                    outputs = model(raw, batch["view"], batch["index"], batch["view_index"], batch["valid"])
+                    outputs = model(raw, batch["view"], batch["index"], batch["view_index"], batch["valid"],
+                                    batch.get("pair_identity"))
                 else:
                     outputs = model(raw)
-            outputs = {key: value.float() for key, value in outputs.items()}
+            # Only floating outputs: integer ones (the queue's identities) must stay exact.
+            outputs = {key: value.float() if value.is_floating_point() else value for key, value in outputs.items()}
             terms = loss_fn(outputs, batch, step) if plan is not None else loss_fn(outputs, batch)
             _check_finite(terms, step, batch["raw"])
             loss = terms["loss"] / options.accumulate if options.accumulate > 1 else terms["loss"]

@@ -1,4 +1,5 @@
-"""The MoCo wrapper: exact momentum update, a queue that enqueues and wraps, checkpointable state,
+"""The MoCo wrapper: exact momentum update, a queue that enqueues and wraps with the keys'
+(volume, label) identities, checkpointable state (old checkpoints without identities included),
 and under DDP (2 gloo ranks) one shared queue and a key shuffle that changes nothing but the batch
 statistics."""
 
@@ -12,7 +13,8 @@ import torch
 import torch.multiprocessing as mp
 
 from melecole.models import build_model
-from melecole.models.moco import MoCo
+from melecole.models.moco import UNKNOWN, MoCo
+from melecole.training import make_ema
 
 TINY = dict(base_channels=4, embedding_dim=4, downsample=[[2, 2, 2]])
 
@@ -98,6 +100,76 @@ def test_queue_and_momentum_network_survive_a_state_dict_round_trip():
         assert torch.equal(a, b)
 
 
+def _identities(*rows):
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def test_identities_go_with_their_keys_through_padding_and_wrap_around():
+    moco = _moco(queue_size=5, projection_dim=2)
+    assert torch.equal(moco.queue_identity, torch.full((5, 2), UNKNOWN))
+    moco.enqueue(torch.arange(6, dtype=torch.float32).reshape(3, 2), identity=_identities([0, 1], [0, 2], [1, 1]))
+    second = 10 + torch.arange(8, dtype=torch.float32).reshape(4, 2)
+    moco.enqueue(second, torch.tensor([True, False, True, True]), _identities([0, 3], [9, 9], [1, 4], [2, 5]))
+    # Rows 3, 4, then wrapped to 0; the padding row and its identity never went in.
+    torch.testing.assert_close(moco.queue[[3, 4, 0]], second[[0, 2, 3]])
+    assert moco.queue_identity.tolist() == [[2, 5], [0, 2], [1, 1], [0, 3], [1, 4]]
+    moco.enqueue(torch.zeros(1, 2))  # without identities: unknown
+    assert moco.queue_identity[1].tolist() == [UNKNOWN, UNKNOWN]
+    many = torch.arange(14, dtype=torch.float32).reshape(7, 2)  # more than the queue: the newest 5 stay
+    moco.enqueue(many, identity=_identities(*[[3, label] for label in range(7)]))
+    for row, identity in zip(moco.queue.tolist(), moco.queue_identity.tolist()):
+        assert identity == [3, row[0] // 2]
+    with pytest.raises(ValueError, match=r"\(K=2, 2\)"):
+        moco.enqueue(torch.zeros(2, 2), identity=_identities([0, 1]))
+
+
+def test_forward_enqueues_the_pairs_identities_and_returns_the_queues_before_them():
+    moco = _moco(queue_size=16).train()
+    raw = torch.randn(2, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1))
+    index, view_index = _pairs()
+    identity = torch.stack([torch.zeros(2, 5, dtype=torch.long), torch.arange(10).reshape(2, 5) + 1], dim=-1)
+    first = moco(raw, raw, index, view_index, identity=identity)
+    assert first["queue_identity"].shape == (0, 2)
+    second = moco(raw, raw, index, view_index)
+    assert torch.equal(second["queue_identity"], identity.reshape(-1, 2))
+    assert second["queue_identity"].dtype == torch.long and second["queue"].shape == (10, 3)
+    assert moco.queue_identity[10:].eq(UNKNOWN).all()  # the second batch came without identities
+    with pytest.raises(ValueError, match="identity"):
+        moco(raw, raw, index, view_index, identity=identity[:, :4])
+
+
+def test_identities_survive_a_checkpoint_file(tmp_path):
+    moco = _moco(queue_size=4)
+    for first in (0, 3):  # rows 0, 1, 2, then 3 and wrapped to 0, 1
+        moco.enqueue(torch.randn(3, 3), identity=_identities(*[[v, 2 ** 62 + v] for v in range(first, first + 3)]))
+    torch.save(moco.state_dict(), tmp_path / "moco.pt")
+    copy = _moco(queue_size=4)
+    copy.load_state_dict(torch.load(tmp_path / "moco.pt", weights_only=True))
+    assert torch.equal(copy.queue_identity, moco.queue_identity) and torch.equal(copy.queue, moco.queue)
+    assert copy.queue_identity.tolist() == [[4, 2 ** 62 + 4], [5, 2 ** 62 + 5], [2, 2 ** 62 + 2], [3, 2 ** 62 + 3]]
+    assert int(copy.queue_pointer) == 2 and int(copy.queue_count) == 4
+
+
+def test_a_state_dict_without_identities_loads_with_an_empty_queue():
+    moco = _moco(queue_size=6)
+    moco.enqueue(torch.randn(4, 3), identity=_identities(*[[0, label] for label in range(1, 5)]))
+    moco.momentum_update()
+    old = {key: value for key, value in moco.state_dict().items() if key != "queue_identity"}
+    copy = _moco(queue_size=6)
+    copy.enqueue(torch.randn(2, 3), identity=_identities([1, 1], [1, 2]))
+    copy.load_state_dict(old)  # strict, as resuming loads
+    assert int(copy.queue_count) == 0 and int(copy.queue_pointer) == 0 and int(copy.updates) == 1
+    assert copy.queue_identity.eq(UNKNOWN).all() and "queue_identity" not in old
+    for a, b in zip(copy.key_encoder.parameters(), moco.key_encoder.parameters()):
+        assert torch.equal(a, b)
+    # The moving average of the weights (use_buffers=True) holds a copy of the queue too.
+    ema = make_ema(moco, 0.9)
+    old_ema = {key: value for key, value in ema.state_dict().items() if key != "module.queue_identity"}
+    fresh = make_ema(_moco(queue_size=6), 0.9)
+    fresh.load_state_dict(old_ema)
+    assert int(fresh.module.queue_count) == 0 and fresh.module.queue_identity.eq(UNKNOWN).all()
+
+
 def _ddp_worker(rank: int, world: int, store: str, results: dict) -> None:
     torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
@@ -108,10 +180,11 @@ def _ddp_worker(rank: int, world: int, store: str, results: dict) -> None:
         moco.updates.fill_(7)  # seeds the order [3, 2, 0, 1]: every sample goes to the other rank
         order = torch.randperm(4, generator=torch.Generator().manual_seed(7)).tolist()
         shuffled = moco._key_embedding(view)
-        moco.enqueue(torch.full((3, 3), float(rank)))
+        moco.enqueue(torch.full((3, 3), float(rank)), torch.tensor([True, rank == 0, True]),
+                     _identities(*[[rank, 10 * rank + label] for label in range(3)]))
         results[rank] = {"crossed": all(i // 2 != rank for i in order[rank * 2:rank * 2 + 2]),
-                         "same": torch.allclose(plain, shuffled, atol=1e-6), "queue": moco.queue[:6].clone(),
-                         "count": int(moco.queue_count)}
+                         "same": torch.allclose(plain, shuffled, atol=1e-6), "queue": moco.queue[:5].clone(),
+                         "identity": moco.queue_identity[:5].clone(), "count": int(moco.queue_count)}
     finally:
         torch.distributed.destroy_process_group()
 
@@ -124,6 +197,8 @@ def test_ddp_ranks_share_one_queue_and_the_key_shuffle_is_undone():
         results = dict(results)
     assert results[0]["crossed"] and results[1]["crossed"]
     assert results[0]["same"] and results[1]["same"]
-    expected = torch.tensor([[0.0] * 3] * 3 + [[1.0] * 3] * 3)  # rank 0's keys, then rank 1's
+    expected = torch.tensor([[0.0] * 3] * 3 + [[1.0] * 3] * 2)  # rank 0's keys, then rank 1's but its padding
     assert torch.equal(results[0]["queue"], expected) and torch.equal(results[1]["queue"], expected)
-    assert results[0]["count"] == results[1]["count"] == 6
+    identity = [[0, 0], [0, 1], [0, 2], [1, 10], [1, 12]]
+    assert results[0]["identity"].tolist() == results[1]["identity"].tolist() == identity
+    assert results[0]["count"] == results[1]["count"] == 5

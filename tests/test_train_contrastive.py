@@ -1,5 +1,6 @@
-"""Contrastive training modes end to end on tiny data: the objective's phases, what MLflow records,
-the checkpoint that comes out, and 2-process DDP with batch norm (the cross-rank key shuffle)."""
+"""Contrastive training modes end to end on tiny data: the objective's phases, the (volume, label)
+identities from the sampler into the queue and the loss, what MLflow records, the checkpoint that
+comes out, and 2-process DDP with batch norm (the cross-rank key shuffle)."""
 
 from __future__ import annotations
 
@@ -7,17 +8,23 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from melecole.checkpoint import load_model, read_checkpoint
 from melecole.config import params_from_dict
+from melecole.data.pairs import ViewSampler
 from melecole.errors import MelecoleError
+from melecole.losses import EmbeddingLoss, MultitaskLoss
+from melecole.losses.contrastive import info_nce
 from melecole.losses.objective import ContrastiveObjective, ContrastivePlan
-from melecole.models import UNet3D
+from melecole.models import UNet3D, build_model
+from melecole.models.moco import MoCo
 from melecole.stages.train import train
-from tests.conftest import REPO, tiny_params_dict
+from melecole.training import StepOptions, make_batch, optimizer_step
+from tests.conftest import REPO, blocks_volume, tiny_params_dict
 
 CONTRASTIVE = {"pairs": 24, "max_offset": [0, 4, 4], "queue_size": 64, "temperature": 0.2}
 
@@ -60,6 +67,54 @@ def test_plan_phases_and_the_objective_weights():
     assert late["loss"] == 5.0 and "contrastive" not in late
     assert joint["loss"].item() == pytest.approx(5.0 + 0.3 * early["contrastive"].item())
     assert 0 < joint["feature_spread"] <= 1.5
+
+
+def _two_volumes():
+    # Label ids beyond float32's integers in volume 1, so a cast of the identities would show.
+    volumes = []
+    for volume, offset in enumerate((0, 2 ** 40)):
+        raw, labels = blocks_volume(shape=(12, 12, 12), block=4, seed=volume)
+        volumes.append(((raw.astype(np.float32) - 128) / 64, labels + np.uint64(offset)))
+    return volumes
+
+
+def test_volume_ids_flow_from_the_sampler_through_the_batch_into_the_queue_and_the_loss():
+    volumes = _two_volumes()
+    sampler = ViewSampler(volumes, (8, 8, 8), (2, 2, 2), 6, np.random.default_rng(0), min_labelled=0.5)
+    batch = make_batch(sampler, 6, torch.device("cpu"))
+    identity = batch["pair_identity"]
+    assert identity.shape == (6, 6, 2) and identity.dtype == torch.long
+    assert set(identity[..., 0].unique().tolist()) == {0, 1}
+    for sample in identity:
+        volume = int(sample[0, 0])
+        assert (sample[:, 0] == volume).all()
+        assert set(sample[:, 1].tolist()) <= set(volumes[volume][1].astype(np.int64).ravel().tolist())
+
+    torch.manual_seed(0)
+    moco = MoCo(build_model("unet3d", base_channels=4, embedding_dim=4, downsample=[[2, 2, 2]]), 4, 3, 64).train()
+    objective = ContrastiveObjective(MultitaskLoss(EmbeddingLoss()), 0.2, ContrastivePlan("joint", weight=0.5))
+    seen = []
+
+    def loss_fn(outputs, batch, step):
+        seen.append((outputs, batch))
+        return objective(outputs, batch, step)
+
+    optimizer = torch.optim.SGD([p for p in moco.parameters() if p.requires_grad], lr=0.0)
+    options = StepOptions(contrastive=objective.plan)
+    for step in (1, 2):
+        optimizer_step(moco, loss_fn, sampler, optimizer, 3, torch.device("cpu"), None, options, step)
+    (_, first), (outputs, second) = seen
+    valid = first["valid"].reshape(-1)
+    assert torch.equal(outputs["queue_identity"], first["pair_identity"].reshape(-1, 2)[valid])
+    count = int(valid.sum())
+    assert torch.equal(moco.queue_identity[count:count + int(second["valid"].sum())],
+                       second["pair_identity"].reshape(-1, 2)[second["valid"].reshape(-1)])
+    arguments = (outputs["queries"], outputs["keys"], second["pair_labels"].reshape(-1), outputs["queue"], 0.2,
+                 second["valid"].reshape(-1))
+    expected = info_nce(*arguments, second["pair_identity"].reshape(-1, 2), outputs["queue_identity"])
+    assert objective(outputs, second, 2)["contrastive"].item() == pytest.approx(expected.item(), rel=1e-6)
+    # The regions overlap: queued keys of the queries' own neurons were there to exclude.
+    assert expected.item() < info_nce(*arguments).item()
 
 
 @pytest.mark.parametrize("mode", ["joint", "pretrain"])

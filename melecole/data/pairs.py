@@ -4,7 +4,8 @@
 augmentation once to the region (both views share it), then cuts two views with
 :func:`~melecole.data.views.two_views`, each with its own flips and intensity augmentation.
 :func:`sample_pairs` picks labelled voxels of the overlap: the same tissue voxel in both views
-is a positive pair for the contrastive loss.
+is a positive pair for the contrastive loss. The pairs remember the volume they came from: a
+label id names one neuron within one volume, so (volume, label) is a voxel's neuron identity.
 """
 
 from __future__ import annotations
@@ -28,16 +29,20 @@ class VoxelPairs:
         index_b: (N,) int64 flat indices of the same voxels in view b.
         labels: (N,) the voxels' label ids (the region's labels).
         valid: (N,) bool; False marks padding when the overlap has no labelled voxel.
+        volume: index of the training volume the region was read from; -1 = unknown.
     """
 
     index_a: np.ndarray
     index_b: np.ndarray
     labels: np.ndarray
     valid: np.ndarray
+    volume: int = -1
 
 
-def sample_pairs(pair: ViewPair, count: int, rng: np.random.Generator) -> VoxelPairs:
+def sample_pairs(pair: ViewPair, count: int, rng: np.random.Generator, volume: int = -1) -> VoxelPairs:
     """Draws ``count`` labelled voxels of the views' overlap (with replacement when it has fewer).
+
+    ``volume`` (the index of the region's training volume, -1 = unknown) is passed on to the pairs.
 
     Raises:
         ValueError: when ``count`` is below 1.
@@ -49,14 +54,15 @@ def sample_pairs(pair: ViewPair, count: int, rng: np.random.Generator) -> VoxelP
     candidates = np.flatnonzero(shared_labels)
     if candidates.size == 0:
         zeros = np.zeros(count, dtype=np.int64)
-        return VoxelPairs(zeros, zeros.copy(), np.zeros(count, dtype=pair.labels[0].dtype), np.zeros(count, bool))
+        return VoxelPairs(zeros, zeros.copy(), np.zeros(count, dtype=pair.labels[0].dtype), np.zeros(count, bool),
+                          volume)
     chosen = rng.choice(candidates, size=count, replace=candidates.size < count)
     position = np.unravel_index(chosen, shared_labels.shape)
     flat = []
     for view in range(2):
         coords = tuple(axis_index[p] for axis_index, p in zip(pair.index[view], position))
         flat.append(np.ravel_multi_index(coords, patch).astype(np.int64))
-    return VoxelPairs(flat[0], flat[1], shared_labels.reshape(-1)[chosen], np.ones(count, bool))
+    return VoxelPairs(flat[0], flat[1], shared_labels.reshape(-1)[chosen], np.ones(count, bool), volume)
 
 
 class ViewSampler:
@@ -100,7 +106,7 @@ class ViewSampler:
                                     augment=augment, read=tuple(read) if geometry is not None and read else None)
 
     def sample(self) -> tuple[ViewPair, VoxelPairs]:
-        """One pair of views and its voxel pairs."""
-        raw, labels = self.regions.sample()
+        """One pair of views and its voxel pairs (with the index of their volume in ``volumes``)."""
+        volume, raw, labels = self.regions.sample_indexed()
         pair = two_views(raw, labels, self.rng, self.patch, self.max_offset, flip=True, intensity=self.intensity)
-        return pair, sample_pairs(pair, self.pairs, self.rng)
+        return pair, sample_pairs(pair, self.pairs, self.rng, volume)

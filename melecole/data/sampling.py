@@ -95,7 +95,7 @@ class PatchSampler:
             result[in_axis] = shape[out_axis]
         return tuple(result)
 
-    def _draw(self) -> tuple[np.ndarray, np.ndarray]:
+    def _draw(self) -> tuple[int, np.ndarray, np.ndarray]:
         index = self.usable[self.rng.choice(len(self.usable), p=self.weights)]
         raw, labels = self.volumes[index]
         perms = self.choices[index]
@@ -110,8 +110,8 @@ class PatchSampler:
                 raw_patch = np.flip(raw_patch, axes)
                 label_patch = np.flip(label_patch, axes)
         if self.augment is None:
-            return np.ascontiguousarray(raw_patch), np.ascontiguousarray(label_patch)
-        return raw_patch, label_patch
+            return index, np.ascontiguousarray(raw_patch), np.ascontiguousarray(label_patch)
+        return index, raw_patch, label_patch
 
     def _labelled_enough(self, labels: np.ndarray) -> bool:
         # The central patch of a region: what the model sees, up to the augmentation.
@@ -120,8 +120,16 @@ class PatchSampler:
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """One (raw float32 (Z, Y, X), labels (Z, Y, X)) patch."""
+        return self.sample_indexed()[1:]
+
+    def sample_indexed(self) -> tuple[int, np.ndarray, np.ndarray]:
+        """One patch with the index (into ``volumes``) of the volume it was read from.
+
+        The same draws as :meth:`sample`; the index gives the patch's labels an identity (label
+        ids name neurons within one volume only).
+        """
         for _ in range(self.max_tries):
-            raw_patch, label_patch = self._draw()
+            volume, raw_patch, label_patch = self._draw()
             if self._labelled_enough(label_patch):
                 break
         if self.augment is not None:
@@ -130,7 +138,7 @@ class PatchSampler:
             if raw_patch.shape != self.patch or label_patch.shape != self.patch:
                 raise ValueError(f"augment returned raw {raw_patch.shape} and labels {label_patch.shape}, "
                                  f"not the patch {self.patch}")
-        return raw_patch, label_patch
+        return volume, raw_patch, label_patch
 
 
 def grid_patches(shape: Sequence[int], patch: Sequence[int],

@@ -77,8 +77,12 @@ class ContrastiveObjective(nn.Module):
         total = supervised_weight * terms["loss"]
         if "queries" in outputs:
             valid = batch["valid"].reshape(-1)
+            # (volume, label) identities, when the batch and the queue carry them, keep a query's
+            # own neuron out of its negatives across samples and batches.
+            identities = batch.get("pair_identity")
             nce = info_nce(outputs["queries"], outputs["keys"], batch["pair_labels"].reshape(-1), outputs["queue"],
-                           self.temperature, valid)
+                           self.temperature, valid, None if identities is None else identities.reshape(-1, 2),
+                           outputs.get("queue_identity"))
             terms["contrastive"] = nce
             queries = outputs["queries"][valid]
             terms["feature_spread"] = feature_spread(queries if queries.shape[0] >= 2 else outputs["queries"])

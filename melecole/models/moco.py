@@ -7,6 +7,15 @@ embeddings go through a small projection MLP and are L2-normalised: queries from
 keys from the momentum side. Keys are then pushed into a queue of negatives for later batches.
 The queue is a registered buffer, so checkpoints save and restore it with the weights.
 
+Every queued key keeps the identity of its voxel's neuron, (training volume index, label id), in
+a buffer beside the queue, so the loss can leave a query's own neuron out of its negatives:
+patches of a small volume overlap all the time, and without identities the queue would hold the
+query's neuron, even its very voxel, as a negative. Empty slots and keys enqueued without an
+identity hold volume :data:`UNKNOWN`, which matches nothing. A state dict from before the
+identities (a periodic checkpoint of an older run) loads with its queue emptied: its keys'
+neurons are unknown and any could be a false negative; the queue refills within ``queue_size``
+keys.
+
 Under DistributedDataParallel the keys are gathered from every rank before they are enqueued, so
 all ranks hold the same queue. A momentum network with batch norm would see, in its batch
 statistics, which samples belong together and could match keys to queries through them instead
@@ -26,6 +35,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from melecole import distributed
+
+UNKNOWN = -1
+"""The volume index of a queue slot whose identity is unknown (empty, or enqueued without one)."""
 
 
 def _gather_voxels(volume: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -48,6 +60,8 @@ class MoCo(nn.Module):
 
     Buffers:
         queue: (queue_size, D) keys; the first ``queue_count`` rows are filled.
+        queue_identity: (queue_size, 2) int64 (volume index, label id) of each key's voxel;
+            volume :data:`UNKNOWN` where there is none.
         queue_pointer: the row the next key goes to (wraps around).
         queue_count: filled rows, at most ``queue_size``.
         updates: momentum updates so far (also seeds the cross-rank key shuffle).
@@ -71,6 +85,7 @@ class MoCo(nn.Module):
         for parameter in chain(self.key_encoder.parameters(), self.key_projector.parameters()):
             parameter.requires_grad_(False)
         self.register_buffer("queue", torch.zeros(queue_size, projection_dim))
+        self.register_buffer("queue_identity", torch.full((queue_size, 2), UNKNOWN, dtype=torch.long))
         self.register_buffer("queue_pointer", torch.zeros((), dtype=torch.long))
         self.register_buffer("queue_count", torch.zeros((), dtype=torch.long))
         self.register_buffer("updates", torch.zeros((), dtype=torch.long))
@@ -79,7 +94,8 @@ class MoCo(nn.Module):
                                for m in encoder.modules())
 
     def forward(self, raw: torch.Tensor, view: torch.Tensor | None = None, index: torch.Tensor | None = None,
-                view_index: torch.Tensor | None = None, valid: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                view_index: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+                identity: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The encoder's outputs on ``raw``; with a second view, also queries, keys and the queue.
 
         In training mode a call with a view first updates the momentum network, then enqueues
@@ -92,10 +108,12 @@ class MoCo(nn.Module):
             index: (B, N) flat voxel indices into view a of the N pairs per sample.
             view_index: (B, N) flat indices of the same voxels in view b.
             valid: (B, N) bool, pairs that exist (False = padding); all valid when None.
+            identity: (B, N, 2) int64 (volume index, label id) of each pair, enqueued with its
+                key; unknown when None.
 
         Returns:
-            The encoder's dict, plus ``"queries"`` and ``"keys"`` (B * N, D) and ``"queue"``
-            (filled rows, D) when a view is given.
+            The encoder's dict, plus ``"queries"`` and ``"keys"`` (B * N, D), ``"queue"`` (filled
+            rows, D) and ``"queue_identity"`` (filled rows, 2) when a view is given.
         """
         outputs = dict(self.encoder(raw))
         if view is None:
@@ -106,6 +124,8 @@ class MoCo(nn.Module):
                              f"(B={raw.shape[0]}, N)")
         if view.shape != raw.shape:
             raise ValueError(f"view {tuple(view.shape)} and raw {tuple(raw.shape)} differ")
+        if identity is not None and identity.shape != (*index.shape, 2):
+            raise ValueError(f"identity {tuple(identity.shape)} must be (B, N, 2) for index {tuple(index.shape)}")
         valid = torch.ones_like(index, dtype=torch.bool) if valid is None else valid
         outputs["queries"] = F.normalize(self.projector(_gather_voxels(outputs["embedding"], index)), dim=1)
         with torch.no_grad():
@@ -115,8 +135,9 @@ class MoCo(nn.Module):
             keys = F.normalize(self.key_projector(_gather_voxels(key_embedding, view_index)), dim=1)
             outputs["keys"] = keys
             outputs["queue"] = self.queue[: int(self.queue_count)].clone()
+            outputs["queue_identity"] = self.queue_identity[: int(self.queue_count)].clone()
             if self.training:
-                self.enqueue(keys, valid.reshape(-1))
+                self.enqueue(keys, valid.reshape(-1), None if identity is None else identity.reshape(-1, 2))
         return outputs
 
     @torch.no_grad()
@@ -129,25 +150,43 @@ class MoCo(nn.Module):
         self.updates += 1
 
     @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor, valid: torch.Tensor | None = None) -> None:
+    def enqueue(self, keys: torch.Tensor, valid: torch.Tensor | None = None,
+                identity: torch.Tensor | None = None) -> None:
         """Writes ``keys`` (K, D) of every rank into the queue, oldest rows first, wrapping around.
 
         Under DDP each rank must pass the same K; ``valid`` (K,) drops padding rows after the
-        gather.
+        gather. ``identity`` (K, 2) int64 (volume index, label id) goes with each key into
+        ``queue_identity``, gathered alike; None enqueues the keys as unknown.
         """
         if keys.ndim != 2 or keys.shape[1] != self.queue.shape[1]:
             raise ValueError(f"keys {tuple(keys.shape)} must be (K, {self.queue.shape[1]})")
+        if identity is not None and identity.shape != (keys.shape[0], 2):
+            raise ValueError(f"identity {tuple(identity.shape)} must be (K={keys.shape[0]}, 2)")
         valid = torch.ones(keys.shape[0], dtype=torch.bool, device=keys.device) if valid is None else valid
-        keys = distributed.gather_tensors(keys)[distributed.gather_tensors(valid)]
+        if identity is None:
+            identity = torch.full((keys.shape[0], 2), UNKNOWN, dtype=torch.long, device=keys.device)
+        kept = distributed.gather_tensors(valid)
+        keys = distributed.gather_tensors(keys)[kept]
+        identity = distributed.gather_tensors(identity.to(torch.long))[kept]
         size = self.queue.shape[0]
-        keys = keys[-size:]
+        keys, identity = keys[-size:], identity[-size:]
         count = keys.shape[0]
         if count == 0:
             return
         rows = (int(self.queue_pointer) + torch.arange(count, device=self.queue.device)) % size
         self.queue[rows] = keys.to(self.queue.dtype)
+        self.queue_identity[rows] = identity.to(self.queue_identity.device)
         self.queue_pointer.fill_((int(self.queue_pointer) + count) % size)
         self.queue_count.fill_(min(size, int(self.queue_count) + count))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # ``state_dict`` is load_state_dict's own copy. A queue saved without identities is
+        # dropped (see the module docstring) rather than kept as negatives of unknown neurons.
+        if prefix + "queue" in state_dict and prefix + "queue_identity" not in state_dict:
+            state_dict[prefix + "queue_identity"] = torch.full_like(self.queue_identity, UNKNOWN)
+            state_dict[prefix + "queue_pointer"] = torch.zeros_like(self.queue_pointer)
+            state_dict[prefix + "queue_count"] = torch.zeros_like(self.queue_count)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _key_embedding(self, view: torch.Tensor) -> torch.Tensor:
         if not (self._batch_norm and distributed.world_size() > 1):
