@@ -137,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from melecole.stages.report import format_table
 
     metrics = evaluate(_volume(args.seg), _volume(args.gt), args.out, args.run_file, args.baselines,
-                       held_out=args.held_out)
+                       held_out=args.held_out, raw=_volume(args.raw) if args.raw else None, picture=args.picture)
     rows = {args.seg: metrics, **metrics.get("baselines", {})}
     print(json.dumps(metrics) if args.json else format_table(rows))
     _warn("evaluate", metrics["warnings"])
@@ -290,6 +290,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--held-out", metavar="FOLDER",
                    help="output of `melecole heldout`: add each held-out test volume's metrics as test_<name> "
                         "(default: none)")
+    p.add_argument("--raw", help="raw volume FILE[:dataset] of the ground truth's shape: the first panel of the "
+                                 "test picture, under the error overlay (default: none, pictures without raw)")
+    p.add_argument("--picture", metavar="PNG",
+                   help="also write the test picture here: the middle z-slice of raw, ground truth, segmentation "
+                        "and its split (red) / merge (blue) errors, as --run-file logs it to MLflow (default: none)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("heldout", help="predict, segment and score every held-out test volume (data/test-*.h5)",
