@@ -11,7 +11,7 @@ from melecole.errors import MelecoleError
 
 PIPELINE = ("prepare -> train -> predict -> segment -> evaluate (each also runs alone on HDF5, zarr or TIFF "
             "volumes; predict and segment run blockwise on volumes larger than memory); "
-            "tune searches hyper-parameters")
+            "tune searches hyper-parameters; active selects blocks to proofread and adds them to training")
 
 
 def _params(path: str | None):
@@ -153,6 +153,12 @@ def cmd_heldout(args: argparse.Namespace) -> None:
         _warn("heldout", metrics.get("warnings", []))
 
 
+def cmd_zoo(args: argparse.Namespace) -> None:
+    from melecole.zoo import zoo_listing
+
+    print(zoo_listing())
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     from melecole.stages.report import report
 
@@ -193,6 +199,22 @@ def cmd_augment_preview(args: argparse.Namespace) -> None:
     from melecole.stages.augment_preview import augment_preview
 
     print(json.dumps(augment_preview(args.out, args.root, args.dataset, patch=args.patch, seed=args.seed)))
+
+
+def cmd_active_select(args: argparse.Namespace) -> None:
+    from melecole.stages.active import select
+
+    print(json.dumps(select(_params(args.params), args.checkpoint, _volume(args.raw), args.out,
+                            block=tuple(args.block) if args.block else None, top=args.top, score=args.score,
+                            augment=args.augment)))
+
+
+def cmd_active_add(args: argparse.Namespace) -> None:
+    from melecole.stages.active import add
+
+    params = _params(args.params)
+    for path in add(args.blocks, args.data, args.name, min_shape=tuple(params.train.patch)):
+        print(path)
 
 
 def cmd_view(args: argparse.Namespace) -> None:
@@ -255,7 +277,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with --embedding, embedding (E,Z,Y,X) float16, to an HDF5 file or zarr store, block "
                                    "by block: memory does not grow with the volume. Raw: HDF5, zarr, TIFF.")
     p.add_argument("--params", help=params_help)
-    p.add_argument("--checkpoint", default="outputs/checkpoint.pt", help="model checkpoint (default: outputs/checkpoint.pt)")
+    p.add_argument("--checkpoint", default="outputs/checkpoint.pt",
+                   help="model checkpoint, or zoo:NAME for a shipped pretrained model (`melecole zoo` lists them; "
+                        "default: outputs/checkpoint.pt)")
     p.add_argument("--raw", required=True, help="raw volume: FILE.h5:dataset, STORE.zarr/array, stack.tif or a TIFF folder")
     p.add_argument("--out", default="outputs/predictions.zarr",
                    help="output .zarr or .h5, replaced when complete (default: outputs/predictions.zarr, the "
@@ -354,6 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--params", help=params_help)
     p.set_defaults(func=cmd_overrides)
 
+    p = sub.add_parser("zoo", help="list the pretrained models shipped with melecole (use: --checkpoint zoo:NAME)",
+                       description="Each model has a model card (data, steps, scores, licence of the training data); "
+                                   "its checkpoint is verified by SHA-256 before use.")
+    p.set_defaults(func=cmd_zoo)
+
     p = sub.add_parser("report", help="print a metrics file as a table beside the published reference rows")
     p.add_argument("metrics", nargs="?", default="metrics.json", help="metrics JSON written by evaluate (default: metrics.json)")
     p.add_argument("--params", help=params_help)
@@ -369,6 +398,49 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patch shape (default: 48 48 48)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the patch and augmentations (default: 0)")
     p.set_defaults(func=cmd_augment_preview)
+
+    p = sub.add_parser("active", help="active learning: rank blocks by model uncertainty; add proofread blocks",
+                       description="select writes the blocks of a volume the model is least sure about, ready to "
+                                   "proofread; add folds proofread blocks into the training data.")
+    active = p.add_subparsers(dest="active_command", required=True, metavar="ACTION",
+                              help="select or add (melecole active ACTION --help)")
+    p = active.add_parser("select", help="rank a volume's blocks by uncertainty and write the top K to proofread",
+                          description="Predicts the volume once per test-time view, scores every voxel (--score), "
+                                      "ranks the whole blocks of a grid of --block voxels from the origin by their "
+                                      "mean score and writes OUT/block-NNN.h5 for the top K (datasets raw and "
+                                      "uncertainty; rank, offset, shape and score as attributes) with "
+                                      "OUT/ranking.json and OUT/ranking.csv (every block). Proofread by adding a "
+                                      "dataset labels to each file, then run melecole active add.")
+    p.add_argument("--params", help=params_help)
+    p.add_argument("--checkpoint", default="outputs/checkpoint.pt", help="model checkpoint (default: outputs/checkpoint.pt)")
+    p.add_argument("--raw", required=True, help="raw volume: FILE.h5:dataset, STORE.zarr/array, stack.tif or a TIFF folder")
+    p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"),
+                   help="block shape (default: train.patch, the smallest block training can use)")
+    p.add_argument("--top", type=int, default=10, help="blocks to write (default: 10)")
+    p.add_argument("--score", default="tta-disagreement",
+                   choices=("tta-disagreement", "boundary-entropy", "affinity-entropy"),
+                   help="tta-disagreement: variance of the boundary and nearest-neighbour affinities across "
+                        "test-time views; boundary-entropy / affinity-entropy: entropy of their view average "
+                        "(default: tta-disagreement)")
+    p.add_argument("--augment", default="flips", choices=("flips", "permutations", "none"),
+                   help="test-time views: 8 flips or 6 axis orders; none only for the entropies (default: flips)")
+    p.add_argument("--out", default="outputs/active", help="output folder, replaced when complete "
+                                                          "(default: outputs/active)")
+    p.set_defaults(func=cmd_active_select)
+    p = active.add_parser("add", help="fold proofread blocks (raw + labels) into the training data",
+                          description="Checks every block (datasets raw and labels of equal shape, integer labels, "
+                                      "something labelled, at least train.patch) and writes each as "
+                                      "DATA/train-active-NAME-I.h5 (raw, labels uint64), atomically; nothing is "
+                                      "written if any block is bad or any target exists.")
+    p.add_argument("--blocks", nargs="+", required=True,
+                   help="proofread block files (HDF5, datasets raw and labels) or folders of them")
+    p.add_argument("--data", default="datasets/active",
+                   help="folder of the new training volumes: datasets/active is copied into data/ by prepare, so "
+                        "dvc repro retrains on them; a prepared folder such as data is used by the next "
+                        "melecole train --data at once (default: datasets/active)")
+    p.add_argument("--name", help="name inside the file names (default: the first --blocks folder's name)")
+    p.add_argument("--params", help=params_help + "; train.patch is the smallest block accepted")
+    p.set_defaults(func=cmd_active_add)
 
     p = sub.add_parser("view", help="look at raw, segmentation, ground truth and predictions in a local Neuroglancer",
                        description="Starts a Neuroglancer viewer (web server and bundled client, nothing downloaded) "
