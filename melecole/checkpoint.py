@@ -57,8 +57,13 @@ def _load_safely(path: str | Path, expected_format: str, what: str) -> dict:
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """Loads a checkpoint dictionary safely (``weights_only=True``) onto the CPU."""
-    return _load_safely(path, FORMAT, "melecole checkpoint")
+    """Loads a checkpoint dictionary safely (``weights_only=True``) onto the CPU.
+
+    ``path`` may name a shipped model, ``zoo:<name>`` (verified by its checksum first).
+    """
+    from melecole.zoo import resolve_checkpoint
+
+    return _load_safely(resolve_checkpoint(path), FORMAT, "melecole checkpoint")
 
 
 def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict, dict]:

@@ -66,7 +66,7 @@ def predict(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: s
 
     Args:
         params: the pipeline parameters (``predict``, ``segment.offsets``, ``train.device``).
-        checkpoint: a melecole checkpoint; the affinity margin and norm come from its loss.
+        checkpoint: a melecole checkpoint or ``zoo:<name>``; the affinity margin and norm come from its loss.
         raw_spec: the raw volume (HDF5, zarr or TIFF).
         out: ``.zarr`` (any run) or ``.h5`` (one process only).
         scheduling: workers, host, launcher (default: this process).
@@ -79,6 +79,9 @@ def predict(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: s
     Returns:
         Figures: seconds, voxels, voxels per second, blocks run and blocks found done.
     """
+    from melecole.zoo import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
     cfg = params.predict
     scheduling = scheduling or Scheduling()
     out = Path(out)
