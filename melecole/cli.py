@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from melecole.errors import MelecoleError
+from melecole.reproducibility import pin_cpu_kernels
 
 PIPELINE = ("prepare -> train -> predict -> segment -> evaluate (each also runs alone on HDF5, zarr or TIFF "
             "volumes; predict and segment run blockwise on volumes larger than memory); "
@@ -470,6 +471,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status."""
+    # First, before a stage imports torch: the same CPU kernels on any x86-64 machine (issue 14).
+    pin_cpu_kernels()
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
