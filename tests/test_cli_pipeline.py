@@ -80,6 +80,14 @@ def test_train_predict_segment_evaluate(tmp_path, prepared, params_file, capsys)
     code, out, _ = _run(capsys, "evaluate", "--seg", f"{seg}:segmentation", "--gt", f"{prepared / 'test.h5'}:labels",
                         "--held-out", held, "--json")
     assert json.loads(out)["test_extra"] == scores
+    # Run again: the same job is kept; another one (here the seed) is redone.
+    stamp = (held / "extra" / "metrics.json").stat().st_mtime_ns
+    assert _run(capsys, "heldout", "--params", params_file, "--checkpoint", ckpt, "--data", prepared, "--out", held)[0] == 0
+    assert (held / "extra" / "metrics.json").stat().st_mtime_ns == stamp
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump(tiny_params_dict(**{"train.steps": 4, "seed": 1})))
+    assert _run(capsys, "heldout", "--params", other, "--checkpoint", ckpt, "--data", prepared, "--out", held)[0] == 0
+    assert (held / "extra" / "metrics.json").stat().st_mtime_ns != stamp
 
 
 def test_training_is_deterministic(tmp_path, prepared, params_file, capsys):
