@@ -29,13 +29,6 @@ def score_held_out(params: Params, checkpoint: str | Path, data_dir: str | Path,
     and predict / segment parameters, recorded in ``job.json``) is kept; anything else is redone.
     Folders of volumes no longer in ``data_dir`` are removed.
     """
-    from melecole.blockwise.partial import file_digest
-    from melecole.stages.evaluate import evaluate
-    from melecole.stages.predict import predict
-    from melecole.stages.segment import segment
-    from melecole.zoo import resolve_checkpoint
-
-    checkpoint = resolve_checkpoint(checkpoint)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     files = held_out_test_files(data_dir)
@@ -43,6 +36,15 @@ def score_held_out(params: Params, checkpoint: str | Path, data_dir: str | Path,
         if stale.name not in files:
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
     results = {}
+    if not files:  # nothing held out (data.test_extra empty): no model to load
+        return results
+    from melecole.blockwise.partial import file_digest
+    from melecole.stages.evaluate import evaluate
+    from melecole.stages.predict import predict
+    from melecole.stages.segment import segment
+    from melecole.zoo import resolve_checkpoint
+
+    checkpoint = resolve_checkpoint(checkpoint)
     for name, path in files.items():
         folder = out / name
         folder.mkdir(exist_ok=True)
