@@ -364,8 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", action="append", metavar="LABEL=FILE", help=reference_help)
     p.set_defaults(func=cmd_tune_report)
 
-    p = sub.add_parser("fetch-snemi3d", help="download the SNEMI3D archive (network needed; DVC users: dvc update data.dvc)",
-                       description="Downloads the SNEMI3D train/val/test archive named in data.dvc to OUT, atomically, "
+    p = sub.add_parser("fetch-snemi3d", help="download the SNEMI3D archive (network needed; DVC users: dvc import-url, see README)",
+                       description="Downloads the SNEMI3D train/val/test archive (MeLeCoLe's share) to OUT, atomically, "
                                    "verifying --sha256 when given.")
     p.add_argument("--out", default="downloads/snemi3d.zip", help="archive path (default: downloads/snemi3d.zip)")
     p.add_argument("--url", help="archive URL (default: the MeLeCoLe share on TU Dresden's cloud storage)")

@@ -34,7 +34,7 @@ class SyntheticConfig(_Strict):
 
 
 class Snemi3dConfig(_Strict):
-    """Where the SNEMI3D archive lives (imported by ``data.dvc``) and its checksum."""
+    """Where the SNEMI3D archive lives (``dvc import-url`` or ``melecole fetch-snemi3d``) and its checksum."""
 
     archive: str = "downloads/snemi3d.zip"
     sha256: str | None = None

@@ -31,7 +31,7 @@ def project(tmp_path) -> tuple[Path, dict]:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for item in ("melecole", "datasets"):
         shutil.copytree(REPO / item, root / item, ignore=ignore)
-    for item in ("dvc.yaml", ".dvcignore", ".gitignore", "data.dvc"):
+    for item in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(REPO / item, root / item)
     (root / ".dvc").mkdir()
     shutil.copy(REPO / ".dvc" / "config", root / ".dvc" / "config")
@@ -70,6 +70,8 @@ def test_repro_is_reproducible_and_experiments_are_compared(project):
     assert (root / "dvc.lock").is_file()
     _sh(root, env, "git", "add", "-A")
     _sh(root, env, "git", "commit", "-qm", "baseline results")
+    status = _sh(root, env, "dvc", "status")
+    assert status.strip() == "Data and pipelines are up to date.", status  # no warning a user must decode
 
     _sh(root, env, "dvc", "repro", "-f")
     assert json.loads((root / "metrics.json").read_text()) == first

@@ -108,7 +108,7 @@ def test_synthetic_source_is_deterministic(tmp_path):
 
 def test_missing_snemi3d_download_explains_what_to_run(tmp_path):
     config = _data_config(**{"data.dataset": "snemi3d", "data.snemi3d": {"archive": str(tmp_path / "none")}})
-    with pytest.raises(MelecoleError, match="dvc update data.dvc"):
+    with pytest.raises(MelecoleError, match="dvc import-url https://.* .*none"):
         prepare(config, 0, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -19,7 +19,7 @@ labels comes from the HDF5 dataset names or, for single-volume files, the words 
 (``input``, ``image``, ``raw``, ``volume`` ... versus ``labels``, ``seg``, ``gt`` ...).
 
 Splits the archive lacks are cut off the end of train along z (:func:`load_snemi3d`, which
-also reads straight from the zip or tar file that ``data.dvc`` imports).
+also reads straight from the zip or tar file that ``dvc import-url`` downloads).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ def load_snemi3d(folder: str | Path, val_fraction: float = 0.25,
                  test_fraction: float = 0.25) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Reads the SNEMI3D splits of an unpacked archive or archive file as (raw, labels uint64) pairs.
 
-    Given the archive file (zip or tar, as ``data.dvc`` imports it), it is unpacked with
+    Given the archive file (zip or tar, as ``dvc import-url`` downloads it), it is unpacked with
     :func:`~melecole.data.download.safe_extract` into a temporary folder beside it, read,
     and the folder removed again.
 

@@ -51,11 +51,13 @@ def _synthetic_splits(config: DataConfig, seed: int) -> dict[str, Pair]:
 
 
 def _snemi3d_splits(config: DataConfig) -> dict[str, Pair]:
+    from melecole.data.snemi3d import SNEMI3D_URL
+
     folder = Path(config.snemi3d.archive)
     if not folder.exists():
         raise MelecoleError(
-            f"{folder}: SNEMI3D is not downloaded; with network access run `dvc update data.dvc` "
-            f"(or `melecole fetch-snemi3d --out {folder}`)"
+            f"{folder}: SNEMI3D is not downloaded; with network access run `dvc import-url {SNEMI3D_URL} "
+            f"{folder}` (downloads it and versions it with DVC) or `melecole fetch-snemi3d --out {folder}`"
         )
     from melecole.data.download import sha256sum
     from melecole.data.snemi3d import load_snemi3d
