@@ -202,8 +202,9 @@ def main() -> None:
         children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
         if cli["returncode"] != 0:
             raise SystemExit(cli["stderr_tail"])
-    cli_metrics = json.loads(cli["stdout"].strip().splitlines()[-1])
-    cli_metrics.pop("vi_sum", None)  # the CLI adds split + merge; the peers give the three scores
+    # The CLI also gives vi_sum, the volume's name and warnings; the peers give the three scores.
+    cli_metrics = {k: v for k, v in json.loads(cli["stdout"].strip().splitlines()[-1]).items()
+                   if k in ("vi_split", "vi_merge", "arand")}
     report["cli"] = {"command": "melecole evaluate --seg PAIR/segmentation --gt PAIR/labels --json",
                      "block_voxels": BLOCK_VOXELS, "seconds": cli["seconds"],
                      "cpu_seconds": round(sum(getattr(children_after, field) - getattr(children_before, field)

@@ -239,6 +239,12 @@ def cmd_view(args: argparse.Namespace) -> None:
             print("melecole view: stopped", file=sys.stderr)
 
 
+def _checkpoint_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--checkpoint", default="outputs/checkpoint.pt",
+                   help="model checkpoint, or zoo:NAME for a shipped pretrained model (`melecole zoo` lists them; "
+                        "default: outputs/checkpoint.pt)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="melecole", description=f"Neuron segmentation in 3D EM. Pipeline: {PIPELINE}.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="STAGE")
@@ -278,9 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "with --embedding, embedding (E,Z,Y,X) float16, to an HDF5 file or zarr store, block "
                                    "by block: memory does not grow with the volume. Raw: HDF5, zarr, TIFF.")
     p.add_argument("--params", help=params_help)
-    p.add_argument("--checkpoint", default="outputs/checkpoint.pt",
-                   help="model checkpoint, or zoo:NAME for a shipped pretrained model (`melecole zoo` lists them; "
-                        "default: outputs/checkpoint.pt)")
+    _checkpoint_argument(p)
     p.add_argument("--raw", required=True, help="raw volume: FILE.h5:dataset, STORE.zarr/array, stack.tif or a TIFF folder")
     p.add_argument("--out", default="outputs/predictions.zarr",
                    help="output .zarr or .h5, replaced when complete (default: outputs/predictions.zarr, the "
@@ -329,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "OUT/<name>/{predictions.zarr, segmentation.h5, metrics.json}; "
                                    "`evaluate --held-out OUT` adds them to the run's metrics.")
     p.add_argument("--params", help=params_help)
-    p.add_argument("--checkpoint", default="outputs/checkpoint.pt", help="model checkpoint (default: outputs/checkpoint.pt)")
+    _checkpoint_argument(p)
     p.add_argument("--data", default="data", help="prepared folder with test-*.h5 (default: data)")
     p.add_argument("--out", default="outputs/heldout", help="output folder (default: outputs/heldout)")
     p.set_defaults(func=cmd_heldout)
@@ -413,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "OUT/ranking.json and OUT/ranking.csv (every block). Proofread by adding a "
                                       "dataset labels to each file, then run melecole active add.")
     p.add_argument("--params", help=params_help)
-    p.add_argument("--checkpoint", default="outputs/checkpoint.pt", help="model checkpoint (default: outputs/checkpoint.pt)")
+    _checkpoint_argument(p)
     p.add_argument("--raw", required=True, help="raw volume: FILE.h5:dataset, STORE.zarr/array, stack.tif or a TIFF folder")
     p.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"),
                    help="block shape (default: train.patch, the smallest block training can use)")

@@ -64,5 +64,5 @@ def test_real_size_benchmark_runs_every_stage(tmp_path):
                    "--workers", "2", "--out", str(tmp_path / "real"))
     assert figures["voxels"] == 16 * 40 * 48
     assert figures["predict"]["figures"]["blocks"] >= 1 and figures["segment"]["figures"]["segments"] >= 1
-    assert set(figures["evaluate"]["figures"]) == {"vi_split", "vi_merge", "vi_sum", "arand"}
+    assert {"vi_split", "vi_merge", "vi_sum", "arand"} <= set(figures["evaluate"]["figures"])
     assert figures["segment"]["peak_process_gib"] > 0

@@ -85,7 +85,7 @@ def test_the_command_trains_the_weights_of_an_avx2_machine(tmp_path, prepared):
     # Batch 2: every 3x3x3 convolution goes to oneDNN (at batch 1 these small ones do not), the
     # transposed ones to MKL; one thread each, so the three runs share the cores without waiting.
     params.write_text(yaml.safe_dump(tiny_params_dict(**{
-        "train.steps": 6, "train.batch_size": 2, "train.val_every": 1000, "train.checkpoint_every": 0,
+        "train.steps": 3, "train.batch_size": 2, "train.val_every": 1000, "train.checkpoint_every": 0,
         "train.threads": 1, "train.augment": {"enabled": False}})))
     runs = {"here": {PORTABLE: "1"}, "avx2-machine": {PORTABLE: "1", **AVX2_MACHINE}, "native": {}}
     with ThreadPoolExecutor(len(runs)) as pool:

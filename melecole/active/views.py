@@ -18,9 +18,8 @@ import torch
 
 from melecole.active.uncertainty import ViewMoments
 from melecole.inference.region import TilePredictor, predict_region, volume_pairs
-from melecole.inference.tiling import TileGrid
 from melecole.inference.transforms import Transform, augmentations
-from melecole.inference.volume import check_patch
+from melecole.inference.volume import whole_volume_grid
 
 IDENTITY: Transform = ((0, 1, 2), ())
 
@@ -66,12 +65,7 @@ def view_moments(model: torch.nn.Module, raw: np.ndarray, patch: Sequence[int], 
         (boundary moments over ``(1, Z, Y, X)``, nearest-neighbour affinity moments over
         ``(3, Z, Y, X)``, weight 0 where the partner lies outside the volume).
     """
-    raw = np.asarray(raw, dtype=np.float32)
-    if raw.ndim != 3:
-        raise ValueError(f"raw must be (Z, Y, X), got shape {raw.shape}")
-    model.eval()
-    check_patch(model, patch, augment)
-    grid = TileGrid.of(raw.shape, patch, overlap)
+    raw, grid = whole_volume_grid(model, raw, patch, overlap, augment)
     offsets = [tuple(int(d) for d in o) for o in offsets]
     nearest = nearest_neighbours(offsets)
     full = tuple(slice(0, s) for s in raw.shape)

@@ -14,7 +14,7 @@ from melecole.inference.tiling import TileGrid, as_triple
 from melecole.inference.transforms import augmentations, remap_affinities, transformed_offset
 
 __all__ = ["augmentations", "check_patch", "count_tiles", "model_device", "predict_volume", "remap_affinities",
-           "transformed_offset"]
+           "transformed_offset", "whole_volume_grid"]
 
 
 def count_tiles(shape, patch, overlap) -> int:
@@ -32,6 +32,18 @@ def check_patch(model: torch.nn.Module, patch, augment: str = "none") -> None:
             raise ValueError(f"patch {shape} is not divisible by the model's divisor {divisor}")
 
 
+def whole_volume_grid(model: torch.nn.Module, raw: np.ndarray, patch, overlap,
+                      augment: str) -> tuple[np.ndarray, TileGrid]:
+    """The float32 (Z, Y, X) volume and its tile grid, with the model in eval mode and the tile
+    checked against the network's downsampling (ValueError otherwise)."""
+    raw = np.asarray(raw, dtype=np.float32)
+    if raw.ndim != 3:
+        raise ValueError(f"raw must be (Z, Y, X), got shape {raw.shape}")
+    model.eval()
+    check_patch(model, patch, augment)
+    return raw, TileGrid.of(raw.shape, patch, overlap)
+
+
 def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, int, int],
                    overlap: tuple[int, int, int], batch_size: int, offsets: list[tuple[int, int, int]],
                    delta_d: float, norm: str, augment: str = "none", metric: str = "distance",
@@ -46,11 +58,6 @@ def predict_volume(model: torch.nn.Module, raw: np.ndarray, patch: tuple[int, in
         untransformed volume. A model with an affinity head adds predicted_affinities
         (C, Z, Y, X) probabilities. ``on_tiles(n)`` is called as tiles finish (progress).
     """
-    raw = np.asarray(raw, dtype=np.float32)
-    if raw.ndim != 3:
-        raise ValueError(f"raw must be (Z, Y, X), got shape {raw.shape}")
-    model.eval()
-    check_patch(model, patch, augment)
-    grid = TileGrid.of(raw.shape, patch, overlap)
+    raw, grid = whole_volume_grid(model, raw, patch, overlap, augment)
     predictor = TilePredictor(model, grid.patch, offsets, delta_d, norm, augment, metric, keep_embedding=embedding)
     return predict_region(predictor, lambda region: raw[region], grid, batch_size=batch_size, on_tiles=on_tiles)
