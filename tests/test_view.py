@@ -296,12 +296,21 @@ def test_cli_errors_exit_2(volumes, capsys):
     assert not neuroglancer.server.is_server_running()
 
 
+def _interruptible() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_cli_serves_until_interrupted(volumes):
     paths, _ = volumes
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # What a user's shell gives the command: Ctrl-C delivered and handled by default. A test run
+    # may have left SIGINT blocked or ignored in this process (children inherit both), which
+    # would keep the signal below from ever arriving.
+    parent = (signal.getsignal(signal.SIGINT), signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
     process = subprocess.Popen([sys.executable, "-m", "melecole.cli", "view", "--raw", paths["raw"], "--seg", paths["seg"],
                                 "--pred", paths["pred"], "--timeout", "120"], cwd=REPO, env=env,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible)
     try:
         url = process.stdout.readline().strip()
         assert url.startswith("http://127.0.0.1:"), (url, process.stderr.read() if process.poll() is not None else "")
@@ -311,7 +320,7 @@ def test_cli_serves_until_interrupted(volumes):
         # communicate drains both pipes while waiting: a server's log lines must not fill a pipe
         # nobody reads and block it on the way out.
         _, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err
+        assert process.returncode == 0, (err, parent)
         assert "melecole view: stopped" in err
     finally:
         if process.poll() is None:
