@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
-import torch
 
 Offsets = Sequence[Sequence[int]]
 
@@ -74,6 +73,8 @@ def valid_mask(shape: Sequence[int], offsets: Offsets) -> np.ndarray:
 
 
 def _as_tensor(embedding: torch.Tensor | np.ndarray) -> torch.Tensor:
+    import torch
+
     tensor = embedding.detach() if isinstance(embedding, torch.Tensor) else torch.from_numpy(np.asarray(embedding))
     if tensor.ndim != 4:
         raise ValueError(f"embedding must be (E, Z, Y, X), got shape {tuple(tensor.shape)}")
@@ -87,6 +88,8 @@ def _pairwise_affinities(
     compare: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> np.ndarray:
     """Applies ``compare((E, n...), (E, n...)) -> (n...)`` to every pair, one z-slab at a time."""
+    import torch  # here, not at import: segment and evaluate run without torch
+
     tensor = _as_tensor(embedding)  # (E, Z, Y, X)
     checked = _check_offsets(offsets)
     if chunk_voxels < 1:
@@ -133,6 +136,8 @@ def embedding_affinities(
     Returns:
         float32 numpy ``(C, Z, Y, X)``; pairs leaving the volume are 0.
     """
+    import torch
+
     if norm not in ("l1", "l2"):
         raise ValueError(f"norm must be 'l1' or 'l2', got {norm!r}")
     if delta_d <= 0:
@@ -173,6 +178,8 @@ def cosine_affinities(
     Returns:
         float32 numpy ``(C, Z, Y, X)`` in [0, 1]; pairs leaving the volume are 0.
     """
+    import torch
+
 
     def compare(e_u: torch.Tensor, e_v: torch.Tensor) -> torch.Tensor:
         cos = torch.nn.functional.cosine_similarity(e_u, e_v, dim=0, eps=1e-8)

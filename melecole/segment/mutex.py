@@ -37,7 +37,6 @@ from collections.abc import Sequence
 
 import mwatershed
 import numpy as np
-from elf.segmentation.mutex_watershed import mutex_watershed as _elf_mutex_watershed
 
 from melecole.inference.encoding import PROBABILITY_SCALE, decode
 from melecole.segment.affinities import shifted_pair
@@ -177,7 +176,10 @@ def mutex_watershed(
     if implementation == "mwatershed":
         segmentation = _mwatershed(cut, offsets, attractive, mask, seeds)
     else:
-        segmentation = _elf_mutex_watershed(cut, offsets, strides=[1] * ndim, mask=mask)
+        # elf (and the scikit-learn it pulls in) only for the reference implementation: 2 s of imports.
+        from elf.segmentation.mutex_watershed import mutex_watershed as elf_mutex_watershed
+
+        segmentation = elf_mutex_watershed(cut, offsets, strides=[1] * ndim, mask=mask)
     # The libraries zero masked voxels after labelling them, which can leave gaps in the ids.
     return relabel_consecutive(segmentation)
 
