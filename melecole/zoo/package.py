@@ -112,11 +112,11 @@ def add_to_zoo(checkpoint: str | Path, name: str, version: int, description: str
                             "that validated can join the zoo")
     test = {}
     if metrics_file is not None:
-        metrics = json.loads(Path(metrics_file).read_text())
-        test[metrics.get("volume", "test")] = {k: metrics[k] for k in ("vi_split", "vi_merge", "arand")}
-        for key, value in metrics.items():
-            if key.startswith("test_") and isinstance(value, dict):
-                test[value.get("volume", key[5:])] = {k: value[k] for k in ("vi_split", "vi_merge", "arand")}
+        from melecole.stages.report import SCORES, volume_sections
+
+        path = Path(metrics_file)
+        for volume, scores in volume_sections(path, json.loads(path.read_text())):
+            test[volume or "test"] = {k: scores[k] for k in SCORES}
     data = params["data"]
     trained = {"data": [data["dataset"], *[n for n in data.get("extra_train", []) if n != data["dataset"]]],
                "steps": params["train"]["steps"], "best_step": extra.get("best_step"),
