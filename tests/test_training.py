@@ -194,3 +194,37 @@ def test_progress_bar_shows_step_loss_and_rate():
     quiet(1, {"train_loss": 1.0, "patches_per_second": 1.0})
     quiet.close()
     assert silent.getvalue() == ""
+
+
+@pytest.mark.parametrize("with_ema", [False, True], ids=["weights", "ema"])
+def test_the_kept_weights_are_those_of_the_validation_with_the_lowest_vi_sum(with_ema):
+    # Scripted validation VI sums: the best (0.7, at step 4) is neither the first nor the last.
+    scripted = {2: (1.5, 0.5), 4: (0.4, 0.3), 6: (0.6, 0.6), 8: (0.5, 0.4)}
+    model = _model()
+    ema = make_ema(model, 0.5) if with_ema else None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    validated, kept, steps = {}, {}, []
+
+    def validate(evaluated):
+        step = len(validated) * 2 + 2
+        validated[step] = {k: v.detach().clone() for k, v in evaluated.state_dict().items()}
+        split, merge = scripted[step]
+        return {"vi_split": split, "vi_merge": merge}
+
+    def on_best(step, metrics, evaluated):
+        steps.append(step)
+        kept.clear()
+        kept.update({k: v.detach().clone() for k, v in evaluated.state_dict().items()})
+
+    result = train_loop(model, MultitaskLoss(EmbeddingLoss()), _sampler(), optimizer, 8, 1, CPU, log_every=100,
+                        val_every=2, validate=validate, on_best=on_best, ema=ema)
+
+    assert sorted(validated) == [2, 4, 6, 8] and [v["step"] for v in result.validations] == [2, 4, 6, 8]
+    assert result.best_step == 4 and result.best_score == pytest.approx(0.7)
+    assert steps == [2, 4]  # called on every improvement, never after a worse validation
+    assert all(torch.equal(kept[k], validated[4][k]) for k in kept)
+    # The weights moved after step 4: keeping the last ones instead would show.
+    assert not all(torch.equal(kept[k], validated[8][k]) for k in kept)
+    if with_ema:
+        # What is validated and kept is the moving average, not the raw weights.
+        assert not all(torch.equal(validated[8][k], v) for k, v in model.state_dict().items())
