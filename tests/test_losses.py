@@ -334,3 +334,69 @@ def test_multitask_loss_adds_the_masked_affinity_term():
     torch.testing.assert_close(loss({**outputs, "affinities": wrong}, batch)["affinity"], expected_bce)
     with pytest.raises(ValueError, match="no affinity targets"):
         loss(outputs, {"instances": instances, "boundary": batch["boundary"]})
+
+
+def _two_clusters(separation: torch.Tensor, direction: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two instances of three voxels each, every voxel on its instance's mean: mean 1 at the
+    origin, mean 2 at ``separation`` along ``direction`` (embedding dim 2)."""
+    unit = torch.tensor(direction, dtype=torch.float64)
+    unit = unit / unit.norm()
+    means = torch.stack([torch.zeros(2, dtype=torch.float64), separation * unit])  # (2, E)
+    embedding = means.repeat_interleave(3, dim=0).T.reshape(1, 2, 1, 1, 6)
+    instances = torch.tensor([1, 1, 1, 2, 2, 2]).reshape(1, 1, 1, 6)
+    return embedding, instances
+
+
+@pytest.mark.parametrize("norm", ["l2", "l1"])
+def test_the_push_term_alone_moves_close_means_apart_until_they_are_two_delta_d_apart(norm):
+    delta_d = 1.5
+    direction = (0.6, 0.8)  # oblique: the L1 and L2 distances differ
+    embedding, instances = _two_clusters(torch.tensor(0.5, dtype=torch.float64), direction)
+    embedding.requires_grad_()
+    # No pull (alpha = 0), no regulariser (gamma = 0): the push term is all there is.
+    out = discriminative_loss(embedding, instances, delta_v=0.5, delta_d=delta_d, alpha=0.0, gamma=0.0, norm=norm)
+    out["loss"].backward()
+    grad = embedding.grad.reshape(2, 6).T  # (voxel, E)
+    # inter = (2 delta_d - d)^2 for both ordered pairs; each voxel carries a third of its mean's gradient.
+    unit = torch.tensor(direction, dtype=torch.float64)
+    distance, away = (0.5, unit) if norm == "l2" else (0.5 * float(unit.sum()), torch.ones(2, dtype=torch.float64))
+    assert out["inter"].item() == pytest.approx((2 * delta_d - distance) ** 2, rel=1e-12)
+    expected = 2 * (2 * delta_d - distance) / 3 * away  # d loss / d voxel of instance 1: away from 2
+    torch.testing.assert_close(grad[:3], expected.expand(3, 2), rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad[3:], -expected.expand(3, 2), rtol=1e-12, atol=0)
+    # A descent step moves instance 1 away from instance 2 and instance 2 away from instance 1.
+    stepped = (embedding - 0.05 * embedding.grad).detach().reshape(2, 6).T
+    gap = stepped[3:].mean(0) - stepped[:3].mean(0)
+    assert float(gap @ unit) > 0.5
+
+    for separation in (2 * delta_d, 2 * delta_d + 0.25, 10.0):
+        direction_here = direction if norm == "l2" else (1.0, 0.0)  # L1 distance = separation along an axis
+        apart, instances = _two_clusters(torch.tensor(separation, dtype=torch.float64), direction_here)
+        apart.requires_grad_()
+        out = discriminative_loss(apart, instances, delta_v=0.5, delta_d=delta_d, alpha=0.0, gamma=0.0, norm=norm)
+        out["loss"].backward()
+        assert out["loss"].item() == 0.0 and out["inter"].item() == 0.0, separation
+        assert (apart.grad == 0).all(), separation
+    # Just inside 2 delta_d (and beyond delta_d) the means are still pushed.
+    close, instances = _two_clusters(torch.tensor(2 * delta_d - 0.25, dtype=torch.float64), (1.0, 0.0))
+    out = discriminative_loss(close, instances, delta_v=0.5, delta_d=delta_d, alpha=0.0, gamma=0.0, norm=norm)
+    assert out["loss"].item() == pytest.approx(0.25**2, rel=1e-12)
+
+
+def test_gradient_descent_on_the_push_term_alone_separates_the_means_to_two_delta_d():
+    delta_d = 1.5
+    embedding, instances = _two_clusters(torch.tensor(0.2, dtype=torch.float64), (0.6, 0.8))
+    embedding.requires_grad_()
+    optimizer = torch.optim.SGD([embedding], lr=0.2)
+    distances = []
+    for _ in range(60):
+        optimizer.zero_grad()
+        out = discriminative_loss(embedding, instances, delta_d=delta_d, alpha=0.0, gamma=0.0)
+        out["loss"].backward()
+        optimizer.step()
+        means = embedding.detach().reshape(2, 6).T.reshape(2, 3, 2).mean(1)
+        distances.append(float((means[1] - means[0]).norm()))
+    assert all(b > a for a, b in zip(distances, distances[1:]) if a < 2 * delta_d - 1e-9)  # only ever apart
+    assert distances[-1] == pytest.approx(2 * delta_d, abs=1e-6)
+    final = discriminative_loss(embedding, instances, delta_d=delta_d, alpha=0.0, gamma=0.0)
+    assert final["loss"].item() < 1e-12
