@@ -48,6 +48,7 @@ def test_same_seed_same_patches():
     second = PatchSampler([(raw, labels)], (4, 8, 8), np.random.default_rng(7))
     for _ in range(5):
         a, b = first.sample(), second.sample()
+        np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
 
 
@@ -181,3 +182,39 @@ def test_grid_patches_cover_every_voxel_with_the_given_overlap():
         grid_patches((10, 21, 16), (4, 8, 17))
     with pytest.raises(MelecoleError, match="overlap"):
         grid_patches((10, 21, 16), (4, 8, 8), (4, 0, 0))
+
+
+_GEOMETRY_ONLY = {name: {"p": 0.0} for name in ("grayscale", "motion_blur", "cut_blur", "cut_noise", "missing_parts",
+                                                  "missing_section")}
+
+
+@pytest.mark.parametrize("resampling", [False, True], ids=["exact-transforms", "with-rescale-and-elastic"])
+def test_augmented_raw_is_read_where_its_labels_are(resampling):
+    # Raw is a known function of position: the volume's coordinate along one axis, one sampler
+    # per axis, all drawing alike; labels are one id per voxel. Every geometric augmentation is
+    # on (intensity ones off), and the sampler's own axis orders and flips too.
+    shape, patch = (40, 44, 44), (12, 12, 12)
+    labels = np.arange(1, np.prod(shape) + 1, dtype=np.uint64).reshape(shape)
+    geometry = {"flip_transpose": {"p": 1.0}, "rotate90": {"p": 1.0}, "misalignment": {"p": 1.0},
+                "rescale": {"p": 1.0 if resampling else 0.0}, "elastic": {"p": 1.0 if resampling else 0.0}}
+    config = AugmentConfig(**geometry, **_GEOMETRY_ONLY)
+    samplers = [PatchSampler([(coordinate.astype(np.float32), labels)], patch, np.random.default_rng(5), permute="all",
+                             augment=build_augmenter(config, patch), read=read_shape(config, patch))
+                for coordinate in np.indices(shape)]
+    fractional = 0.0
+    for _ in range(12):
+        (raw_z, labels_z), (raw_y, labels_y), (raw_x, labels_x) = (sampler.sample() for sampler in samplers)
+        np.testing.assert_array_equal(labels_z, labels_y)
+        np.testing.assert_array_equal(labels_z, labels_x)
+        # Where in the volume each voxel's label comes from, and where its raw was read.
+        label_position = np.stack(np.unravel_index((labels_z - 1).astype(np.intp), shape))  # (3, z, y, x)
+        raw_position = np.stack([raw_z, raw_y, raw_x]).astype(np.float64)
+        deviation = np.abs(raw_position - label_position)
+        if resampling:
+            # Raw is interpolated linearly (exact for a linear function), labels take the nearest voxel.
+            assert deviation.max() <= 0.5 + 1e-4
+            fractional = max(fractional, float(np.abs(raw_position - np.rint(raw_position)).max()))
+        else:
+            assert deviation.max() == 0  # orientation and misalignment move whole voxels
+    if resampling:
+        assert fractional > 0.25  # the patches were resampled, not only cropped
