@@ -106,13 +106,13 @@ def train_on(params, blocks, pool, val_file: Path, folder: Path) -> Path:
 
 
 def test_scores(params, checkpoint: Path, test) -> dict:
-    """VI of the configured method on the test slab, at the threshold chosen on validation."""
+    """VI of the configured method (auto: the one chosen on validation) on the test slab, at its calibrated knob."""
     from melecole.checkpoint import load_model
     from melecole.data.normalize import normalize_raw
     from melecole.evaluate import evaluate_pooled
     from melecole.inference.encoding import round_trip
     from melecole.inference.volume import predict_volume
-    from melecole.stages.segment import run_method
+    from melecole.stages.segment import Knobs, run_method
 
     model, trained_with, facts = load_model(checkpoint)
     cfg, loss = params.predict, trained_with["train"]["loss"]
@@ -120,9 +120,10 @@ def test_scores(params, checkpoint: Path, test) -> dict:
     predictions = round_trip(predict_volume(model, normalize_raw(raw), cfg.patch, cfg.overlap, cfg.batch_size,
                                             params.segment.offsets, loss["delta_d"], loss["norm"], cfg.augment,
                                             cfg.affinity, embedding=False))
-    threshold = params.segment.agglomeration.threshold
-    threshold = facts.get("agglomeration_threshold") if threshold is None else threshold
-    segmentation = run_method(params.segment.method, params.segment, predictions, threshold, params.seed)
+    # As `segment` does: the method chosen on validation (auto) with its calibrated knob.
+    knobs = Knobs(params.segment, facts.get("calibration"), facts.get("agglomeration_threshold"))
+    threshold, bias = knobs.of(knobs.main())
+    segmentation = run_method(knobs.main(), params.segment, predictions, threshold, params.seed, bias=bias)
     metrics = evaluate_pooled([(segmentation, labels)])
     return {"vi_split": metrics["vi_split"], "vi_merge": metrics["vi_merge"],
             "vi_sum": metrics["vi_split"] + metrics["vi_merge"]}

@@ -295,9 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     _blockwise_arguments(p, "predict")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("segment", help="agglomeration of affinities (default), Mutex Watershed or watershed",
+    p = sub.add_parser("segment", help="the agglomeration or Mutex Watershed variant chosen on validation "
+                                       "(default), or a fixed method; baselines beside it",
                        description="Reads the predictions (affinities, boundary) and writes dataset segmentation "
-                                   "(uint64) by segment.method, plus one dataset per segment.baselines method. "
+                                   "(uint64) by segment.method (auto: the variant the checkpoint chose on validation, "
+                                   "with its calibrated threshold or bias), plus one dataset per segment.baselines "
+                                   "variant. "
                                    "--blockwise runs the agglomeration block by block and stitches it across blocks.")
     p.add_argument("--params", help=params_help)
     p.add_argument("--predictions", default="outputs/predictions.zarr", help="output of predict (default: outputs/predictions.zarr)")

@@ -203,7 +203,7 @@ class AgglomerationConfig(_Strict):
     threshold: float | None = Field(
         None, gt=0, lt=1, description="merge threshold; null = the one chosen on the validation volume in training")
     candidates: list[float] = Field(
-        [0.2, 0.25, 0.3, 0.35, 0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55, 0.575, 0.6, 0.65, 0.7, 0.8, 0.9],
+        [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55, 0.575, 0.6, 0.65, 0.7, 0.8, 0.9],
         min_length=1, description="thresholds tried on the validation volume")
     margin: float = Field(
         0.05, ge=0, lt=1, description="robust choice: the candidate whose worst VI sum over the candidates within "
@@ -226,13 +226,28 @@ class WatershedConfig(_Strict):
 
 
 SegmentMethod = Literal["agglomeration", "mws", "watershed"]
+# A method with its input: agglomeration / mws on the affinity head ("-affinities") or on the
+# embedding's affinities ("-embedding"); the plain method names take their source from
+# agglomeration.source and mws_source.
+SegmentVariant = Literal["agglomeration", "mws", "watershed", "agglomeration-affinities", "agglomeration-embedding",
+                         "agglomeration-boundary", "mws-embedding", "mws-affinities"]
+CalibratedVariant = Literal["agglomeration-affinities", "agglomeration-embedding", "agglomeration-boundary",
+                            "mws-embedding", "mws-affinities"]
 
 
 class SegmentConfig(_Strict):
     """Predictions -> segmentation: the main method plus baselines written beside it."""
 
-    method: SegmentMethod = "agglomeration"
-    baselines: list[SegmentMethod] = ["mws", "watershed"]
+    method: Literal["auto", "agglomeration", "mws", "watershed"] = Field(
+        "auto", description="auto = whichever of segment.choices scored best on pooled validation at the end of "
+                            "training (stored in the checkpoint; agglomeration for checkpoints without that choice)")
+    choices: list[CalibratedVariant] = Field(
+        ["agglomeration-affinities", "agglomeration-embedding", "mws-embedding", "mws-affinities"], min_length=1,
+        description="variants calibrated on validation at the end of training, each with its own knob "
+                    "(agglomeration threshold, Mutex Watershed bias); -affinities ones need model.affinity_head")
+    baselines: list[SegmentVariant] = Field(
+        ["agglomeration-affinities", "agglomeration-embedding", "mws-embedding", "mws-affinities", "watershed"],
+        description="also written and scored beside the main result (the main one itself is left out)")
     # Mutex Watershed on embedding affinities. Isotropic FIB-SEM default: 3 nearest neighbours
     # (attractive), then long-range offsets (repulsive).
     offsets: list[Triple] = [
@@ -248,12 +263,31 @@ class SegmentConfig(_Strict):
         "none", description="seed the Mutex Watershed with the connected cores of the boundary map's interior")
     seed_distance: float = Field(3.0, ge=0, description="cores: voxels at least this far from boundary "
                                                         "(prob >= watershed.threshold)")
+    mws_bias: float | None = Field(
+        None, ge=-1, le=1, description="added to the repulsive affinities before the Mutex Watershed (> 0: weaker "
+                                       "repulsion, fewer splits); null = the one chosen on validation in training, else 0")
+    mws_map: Literal["auto", "none", "fitted"] = Field(
+        "auto", description="affinities into the Mutex Watershed: as predicted (none), through the per-offset "
+                            "P(one object | affinity) fitted on validation (fitted), or whichever scored better there (auto)")
+    mws_bias_candidates: list[float] = Field(
+        [-0.5, -0.4, -0.3, -0.25, -0.2, -0.15, -0.1, -0.05, 0.0, 0.05, 0.1, 0.15, 0.2, 0.3], min_length=1,
+        description="biases tried on the validation volumes for each mws variant")
+    mws_bias_margin: float = Field(
+        0.05, ge=0, lt=1, description="robust choice of the bias: the candidate whose worst VI sum within +-margin is "
+                                     "lowest; 0 = plain minimum")
     strides: Triple = (1, 1, 1)
     randomize_strides: bool = False
     foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")
     min_size: int = Field(50, ge=0)
     agglomeration: AgglomerationConfig = AgglomerationConfig()
     watershed: WatershedConfig = WatershedConfig()
+
+    @field_validator("mws_bias_candidates")
+    @classmethod
+    def _increasing_biases(cls, candidates: list[float]) -> list[float]:
+        if sorted(candidates) != candidates or not all(-1 <= c <= 1 for c in candidates):
+            raise ValueError(f"biases must be increasing and inside [-1, 1], got {candidates}")
+        return candidates
 
     @field_validator("offsets")
     @classmethod

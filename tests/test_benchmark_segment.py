@@ -29,6 +29,6 @@ def test_segment_benchmark_compares_ours_with_elf_and_runs_the_stage():
     assert figures["speed_ratio_fast_to_elf"] == pytest.approx(
         figures["methods"]["elf"]["seconds"] / figures["methods"]["fast"]["seconds"], rel=0.01)
     stage = figures["stages"]["stage"]
-    assert set(stage["stage_seconds"]) == {"mws", "agglomeration"} and stage["peak_process_mib"] > 0
+    assert set(stage["stage_seconds"]) == {"mws-embedding", "agglomeration"} and stage["peak_process_mib"] > 0
     assert set(stage["segmentation_scores"]) == {"vi_split", "vi_merge", "arand"}
     assert "before" in figures["load_average_1min"]

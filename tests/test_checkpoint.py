@@ -106,8 +106,12 @@ def test_training_validates_on_every_prepared_validation_volume_pooled(tmp_path,
     params = params_from_dict(tiny_params_dict(**{"train.steps": 4}))
     model, _, extra = load_model(out)
     volumes = [train_stage.load_labelled(prepared / name) for name in ("val.h5", "val-extra.h5")]
-    pooled = train_stage.validation_scores(params, model, volumes)
-    assert summary["val"] == pytest.approx(pooled, abs=1e-12)
-    assert extra["agglomeration_threshold"] == pooled["threshold"]
-    first_only = train_stage.validation_scores(params, model, volumes[:1])
-    assert first_only != pytest.approx(pooled, abs=1e-6)
+    calibration, pooled = train_stage.final_calibration(params, model, volumes)
+    assert summary["val"] == pooled and summary["calibration"] == extra["calibration"] == calibration
+    assert pooled["method"] == calibration["choice"]
+    configured = calibration["variants"]["agglomeration-boundary"]  # tiny params: the boundary's agglomeration
+    assert extra["agglomeration_threshold"] == configured["threshold"]
+    assert configured == pytest.approx({**train_stage.validation_scores(params, model, volumes), "vi_sum": configured["vi_sum"]})
+    _, first_only = train_stage.final_calibration(params, model, volumes[:1])
+    numbers = ("vi_split", "vi_merge", "arand")
+    assert {k: first_only[k] for k in numbers} != pytest.approx({k: pooled[k] for k in numbers}, abs=1e-6)

@@ -62,3 +62,15 @@ def test_held_out_metrics_join_under_their_names_and_flatten_for_mlflow(tmp_path
     assert all(isinstance(v, float) for v in flat.values())
     with pytest.raises(MelecoleError, match="run `melecole heldout` first"):
         held_out_metrics(tmp_path / "nowhere")
+
+
+def test_the_validation_of_every_variant_is_shown_with_its_knob_and_the_choice_marked(tmp_path):
+    validation = {"choice": "mws-embedding",
+                  "variants": {"agglomeration-affinities": _scores(0.75, threshold=0.35),
+                               "mws-embedding": _scores(0.5, bias=0.1)}}
+    metrics = {**_scores(0.6, volume="synthetic test", method="mws-embedding", warnings=[]), "validation": validation}
+    tables = report(_write(tmp_path, metrics), DATASETS).split("\n\n")
+    assert tables[0].startswith("pooled validation")
+    assert "  agglomeration-affinities (threshold 0.35)" in tables[0] and "0.7500" in tables[0]
+    assert "* mws-embedding (bias 0.1)" in tables[0]
+    assert tables[1].startswith("synthetic test\n") and "melecole (mws-embedding)" in tables[1]

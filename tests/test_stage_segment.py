@@ -104,8 +104,13 @@ def test_segment_stage_writes_method_and_baselines(tmp_path):
                   {"offsets": offsets, "agglomeration_threshold": 0.5})
     figures = segment(config, tmp_path / "pred.h5", tmp_path / "seg.h5")
     assert figures["threshold"] == 0.5
-    assert set(figures["seconds"]) == {"agglomeration", "mws", "watershed"}
-    for dataset in ("segmentation", "mws", "watershed"):
+    # No affinity head, and no threshold chosen for the embedding's agglomeration: those skipped.
+    assert figures["method"] == "agglomeration-boundary"
+    assert set(figures["seconds"]) == {"agglomeration-boundary", "mws-embedding", "watershed"}
+    assert sorted(w.split(":")[0] for w in figures["warnings"] if "skipped" in w) == [
+        "baseline agglomeration-affinities skipped", "baseline agglomeration-embedding skipped",
+        "baseline mws-affinities skipped"]
+    for dataset in ("segmentation", "mws-embedding", "watershed"):
         assert read_volume(f"{tmp_path / 'seg.h5'}:{dataset}").shape == labels.shape
 
     write_volumes(tmp_path / "other.h5", {"affinities": affinities, "boundary": boundary},

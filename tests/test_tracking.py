@@ -39,8 +39,12 @@ def test_train_and_evaluate_share_one_run(tmp_path, prepared, monkeypatch, capsy
     assert run.data.params["train.steps"] == "4"
     assert run.data.params["model.base_channels"] == "4"
     assert run.data.tags["dvc_experiment"] == "tiny-exp"
-    assert {"test_vi_split", "test_vi_merge", "test_arand", "test_mws_vi_split", "test_watershed_arand"} <= set(run.data.metrics)
-    assert "final_val_threshold" in run.data.metrics
+    assert {"test_vi_split", "test_vi_merge", "test_arand", "test_watershed_arand"} <= set(run.data.metrics)
+    baselines = {"agglomeration-embedding", "mws-embedding"} - {run.data.tags["segment_method"]}
+    assert {f"test_{name}_vi_split" for name in baselines} <= set(run.data.metrics)
+    # Every calibrated variant's validation scores and knob, the configured agglomeration's included.
+    assert {"final_val_agglomeration-boundary_threshold", "final_val_mws-embedding_bias",
+            "final_val_agglomeration-embedding_vi_sum", "final_val_vi_sum"} <= set(run.data.metrics)
     loss_steps = [m.step for m in client.get_metric_history(run.info.run_id, "train_loss")]
     assert loss_steps == [1, 2, 3, 4]
     val_steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_vi_split")]

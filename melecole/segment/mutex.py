@@ -79,6 +79,34 @@ def _as_uint8(affinities: np.ndarray) -> np.ndarray | None:
     return encoded
 
 
+def bias_repulsive(affinities: np.ndarray, attractive: int, bias: float) -> np.ndarray:
+    """The affinities with ``bias`` added to the repulsive channels (the first ``attractive``
+    channels unchanged), clipped to [0, 1]: ``bias > 0`` weakens every repulsion (weight
+    ``1 - a - bias``), so fewer mutexes stop merges; ``bias < 0`` strengthens them.
+
+    Stored predictions (uint8, or float32 that are exactly decoded uint8) are shifted by
+    ``round(bias * 255)`` levels, so the result is again exactly decoded uint8 and the Mutex
+    Watershed keeps its uint8 path. Returns the input itself for ``bias == 0``, else a new array.
+    """
+    if bias == 0:
+        return affinities
+    if not -1.0 <= bias <= 1.0:
+        raise ValueError(f"the repulsive bias must lie in [-1, 1], got {bias}")
+    biased = np.empty_like(affinities)
+    biased[:attractive] = affinities[:attractive]
+    shift = int(round(bias * PROBABILITY_SCALE))
+    for channel in range(attractive, affinities.shape[0]):
+        values = affinities[channel]
+        levels = values if values.dtype == np.uint8 else _as_uint8(values[None])
+        if levels is None:
+            biased[channel] = np.clip(values + np.float32(bias), 0.0, 1.0)
+            continue
+        top = int(PROBABILITY_SCALE)
+        shifted = np.clip(levels.astype(np.int16).reshape(values.shape) + shift, 0, top).astype(np.uint8)
+        biased[channel] = shifted if values.dtype == np.uint8 else decode(shifted)
+    return biased
+
+
 def mutex_watershed(
     affinities: np.ndarray,
     offsets: Sequence[Sequence[int]],

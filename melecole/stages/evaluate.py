@@ -55,6 +55,28 @@ def _other_datasets(seg_spec: VolumeSpec) -> list[str]:
         return [name for name in container.names() if name != seg_spec.dataset]
 
 
+def segmentation_facts(spec: VolumeSpec) -> dict:
+    """What ``segment`` recorded with a segmentation: ``method`` (the variant of the main result)
+    and ``validation`` (every variant's knob and pooled validation scores, and the choice), when
+    it recorded them."""
+    try:
+        with open_container(spec.path) as container:
+            attrs = dict(container.attrs)
+    except MelecoleError:  # a TIFF stack: no attributes
+        return {}
+    facts = {}
+    if spec.dataset == "segmentation" and isinstance(attrs.get("method"), str):
+        facts["method"] = attrs["method"]
+    calibration = attrs.get("calibration")
+    if calibration is not None:
+        calibration = json.loads(calibration) if isinstance(calibration, str) else dict(calibration)
+        # A fitted affinity map is 256 levels per offset: named here, not listed.
+        variants = {name: {**scores, **({"map": "fitted"} if "map" in scores else {})}
+                    for name, scores in calibration.get("variants", {}).items()}
+        facts["validation"] = {**calibration, "variants": variants}
+    return facts
+
+
 def volume_name(spec: VolumeSpec) -> str:
     """What a ground truth is: ``<source> <split>`` as ``prepare`` recorded it, else ``file:dataset``."""
     try:
@@ -115,7 +137,7 @@ def evaluate(seg_spec: VolumeSpec, gt_spec: VolumeSpec, out: str | Path | None =
     warnings = [dominance_warning(str(spec), largest_share(table.sum(axis=1)), table.shape[0])
                 for spec, table in zip(specs, tables)]
     scores = [scores_of_table(table) for table in tables]
-    metrics: dict = {**with_vi_sum(scores[0]), "volume": volume_name(gt_spec)}
+    metrics: dict = {**with_vi_sum(scores[0]), "volume": volume_name(gt_spec), **segmentation_facts(seg_spec)}
     if baselines:
         metrics["baselines"] = {spec.dataset: with_vi_sum(score) for spec, score in zip(specs[1:], scores[1:])}
     metrics["warnings"] = [warning for warning in warnings if warning]

@@ -116,6 +116,8 @@ def predict(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: s
              "normalisation": json.dumps({"mean": stats.mean, "std": stats.std})}
     if facts.get("agglomeration_threshold") is not None:
         attrs["agglomeration_threshold"] = float(facts["agglomeration_threshold"])
+    if facts.get("calibration") is not None:
+        attrs["calibration"] = json.dumps(facts["calibration"])
     job = {"stage": "predict", "checkpoint": file_digest(checkpoint), "raw": str(raw_spec), "shape": shape,
            "predict": cfg.model_dump(mode="json"), "offsets": offsets, "block": block, "chunks": chunks,
            "datasets": sorted(channels), "voxel_size": voxel_size, "attrs": attrs}

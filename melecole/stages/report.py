@@ -56,6 +56,22 @@ def volume_sections(path: Path, metrics: dict) -> list[tuple[str | None, dict]]:
     return sections
 
 
+def _knob(scores: dict) -> str:
+    if scores.get("threshold") is not None:
+        return f"threshold {scores['threshold']:g}"
+    if scores.get("bias") is not None:
+        return f"bias {scores['bias']:g}" + (", fitted map" if scores.get("map") else "")
+    return ""
+
+
+def validation_table(calibration: dict) -> str:
+    """The pooled validation scores of every calibrated variant at its knob, the choice marked."""
+    rows = {f"{'* ' if name == calibration.get('choice') else '  '}{name} ({_knob(scores)})": scores
+            for name, scores in calibration.get("variants", {}).items()}
+    return ("pooled validation (knobs chosen here, * = segment.method auto's choice)\n"
+            + format_table(rows)) if rows else ""
+
+
 def report(metrics_file: str | Path, bundled_root: str | Path) -> str:
     """One table per volume of ``metrics_file``: melecole, its baselines, and the published rows
     where they belong; then any warnings."""
@@ -69,9 +85,11 @@ def report(metrics_file: str | Path, bundled_root: str | Path) -> str:
     if not isinstance(metrics, dict):
         raise MelecoleError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
     tables, warnings = [], []
+    if isinstance(metrics.get("validation"), dict):
+        tables.append(validation_table(metrics["validation"]))
     for volume, scores in volume_sections(path, metrics):
         title = volume or f"unnamed volume ({path} does not say which; older evaluate)"
-        rows = {"melecole": scores}
+        rows = {f"melecole ({scores['method']})" if "method" in scores else "melecole": scores}
         for name, baseline in scores.get("baselines", {}).items():
             rows[f"  same model, {name}"] = baseline
         if volume == REFERENCE_VOLUME:

@@ -2,19 +2,27 @@
 
 Methods:
 - ``agglomeration``: fragments and hierarchical agglomeration of nearest-neighbour affinities
-  (from the boundary head, or the embedding), merged up to a threshold chosen on the
-  validation volume at the end of training.
-- ``mws``: the Mutex Watershed on the embedding affinities at all offsets (optionally seeded
-  with the cores of the boundary map's interior), then small segments merged into their
-  largest-contact neighbour.
+  (from the affinity head, the embedding or the boundary head), merged up to a threshold chosen
+  on the validation volumes at the end of training.
+- ``mws``: the Mutex Watershed on the embedding's or the affinity head's affinities at all
+  offsets (optionally seeded with the cores of the boundary map's interior), with a repulsive
+  bias chosen on the validation volumes, then small segments merged into their largest-contact
+  neighbour.
 - ``watershed``: the seeded watershed on the boundary map (classical baseline).
+- ``auto`` (default): the variant that won on pooled validation at the end of training
+  (:mod:`melecole.stages.calibration`).
+
+A variant names a method with its input: ``agglomeration-affinities``, ``agglomeration-embedding``,
+``mws-embedding``, ``mws-affinities``, ... (:func:`resolve_variant`); baselines are variants, each
+written under its own name with its own calibrated knob.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +30,12 @@ import numpy as np
 from melecole.config import SegmentConfig
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_pooled
-from melecole.evaluate.dominance import dominance_warning, largest_share, segment_sizes
+from melecole.evaluate.dominance import DOMINANT_SHARE, dominance_warning, largest_share, segment_sizes
 from melecole.inference.encoding import decode
 from melecole.io import open_container, write_volumes
+from melecole.segment.affinity_map import apply_affinity_map, map_from_text
 from melecole.segment.agglomerate import agglomerate, boundary_affinities
-from melecole.segment.mutex import mutex_watershed
+from melecole.segment.mutex import bias_repulsive, mutex_watershed
 from melecole.segment.postprocess import merge_small_segments
 from melecole.segment.seeds import boundary_seeds
 from melecole.segment.watershed import boundary_watershed
@@ -53,9 +62,42 @@ def _predicted(predictions: Predictions, key: str) -> np.ndarray:
     return predictions["predicted_affinities"]
 
 
+def resolve_variant(name: str, config: SegmentConfig) -> tuple[str, SegmentConfig]:
+    """The method of a variant name and the config with that variant's input: ``mws-affinities``
+    -> (``mws``, config with ``mws_source: affinities``); plain method names keep the config."""
+    if name in ("agglomeration", "mws", "watershed"):
+        return name, config
+    method, _, source = name.partition("-")
+    if method == "agglomeration" and source in ("affinities", "embedding", "boundary"):
+        return method, config.model_copy(
+            update={"agglomeration": config.agglomeration.model_copy(update={"source": source})})
+    if method == "mws" and source in ("affinities", "embedding"):
+        return method, config.model_copy(update={"mws_source": source})
+    raise MelecoleError(f"unknown segmentation method '{name}'")
+
+
+def variant_name(name: str, config: SegmentConfig) -> str:
+    """The full name of a method or variant: ``agglomeration`` -> ``agglomeration-<source>``."""
+    method, resolved = resolve_variant(name, config)
+    if method == "agglomeration":
+        return f"agglomeration-{resolved.agglomeration.source}"
+    if method == "mws":
+        return f"mws-{resolved.mws_source}"
+    return method
+
+
+def needs_affinity_head(name: str, config: SegmentConfig) -> bool:
+    """Whether a variant reads the affinity head's predictions."""
+    return variant_name(name, config).endswith("-affinities")
+
+
 def run_method(method: str, config: SegmentConfig, predictions: Predictions, threshold: float | None,
-               seed: int = 0) -> np.ndarray:
-    """One segmentation (Z, Y, X) uint64 of ``method`` from the predictions of a volume."""
+               seed: int = 0, bias: float = 0.0, affinity_map: np.ndarray | None = None) -> np.ndarray:
+    """One segmentation (Z, Y, X) uint64 of ``method`` (a method or a variant name, see
+    :func:`resolve_variant`) from the predictions of a volume; ``threshold`` is the
+    agglomeration's, ``bias`` the Mutex Watershed's repulsive bias (:func:`bias_repulsive`),
+    applied after ``affinity_map`` (:func:`melecole.segment.affinity_map.apply_affinity_map`)."""
+    method, config = resolve_variant(method, config)
     if method == "agglomeration":
         if threshold is None:
             raise MelecoleError("segment.agglomeration.threshold is null and the predictions carry no "
@@ -70,6 +112,9 @@ def run_method(method: str, config: SegmentConfig, predictions: Predictions, thr
                       else _predicted(predictions, "segment.mws_source"))
         seeds = (boundary_seeds(boundary, config.watershed.threshold, config.seed_distance)
                  if config.mws_seeds == "boundary" else None)
+        if affinity_map is not None:
+            affinities = apply_affinity_map(affinities, affinity_map)
+        affinities = bias_repulsive(affinities, config.attractive, bias)
         segmentation = mutex_watershed(affinities, config.offsets, attractive=config.attractive,
                                        strides=config.strides, randomize_strides=config.randomize_strides,
                                        mask=mask, seed=seed, seeds=seeds)
@@ -94,39 +139,64 @@ def calibrate(config: SegmentConfig, volumes: Sequence[Labelled]) -> tuple[float
     per_volume = [agglomerate(_agglomeration_input(config, predictions), candidates, config.agglomeration.scoring)
                   for predictions, _ in volumes]
     ground_truths = [gt for _, gt in volumes]
+    table, degenerate = {}, set()
     # zip(*per_volume): for each candidate, its segmentation of every volume.
-    table = {t: evaluate_pooled([(merge_small_segments(segmentation, config.min_size), gt)
-                                 for segmentation, gt in zip(segmentations, ground_truths)])
-             for t, segmentations in zip(candidates, zip(*per_volume))}
-    best = robust_choice({t: m["vi_split"] + m["vi_merge"] for t, m in table.items()}, config.agglomeration.margin)
+    for t, segmentations in zip(candidates, zip(*per_volume)):
+        segmentations = [merge_small_segments(segmentation, config.min_size) for segmentation in segmentations]
+        table[t] = evaluate_pooled(list(zip(segmentations, ground_truths)))
+        if dominated(segmentations):
+            degenerate.add(t)
+    best = robust_choice({t: m["vi_split"] + m["vi_merge"] for t, m in table.items()}, config.agglomeration.margin,
+                         degenerate)
     return best, table[best], table
 
 
-def robust_choice(scores: dict[float, float], margin: float) -> float:
-    """The threshold whose worst score over the thresholds within ``+-margin`` of it is lowest.
+def dominated(segmentations: Sequence[np.ndarray]) -> bool:
+    """Whether one segment holds at least :data:`DOMINANT_SHARE` of some volume: a collapse."""
+    return any(largest_share(segment_sizes(segmentation)) >= DOMINANT_SHARE for segmentation in segmentations)
+
+
+def robust_choice(scores: dict[float, float], margin: float, degenerate: Collection[float] = ()) -> float:
+    """The knob whose worst score over the knobs within ``+-margin`` of it is lowest.
 
     The VI of an agglomeration rises steeply once a threshold starts merging large objects, and
     where that cliff lies differs between volumes. Choosing by the worst neighbour keeps away
     from it: the choice stays good if the best threshold of another volume is up to ``margin``
     away. ``margin=0`` is the plain minimum. Ties go to the smaller plain score, then the
-    smaller threshold.
+    smaller knob.
+
+    ``degenerate`` knobs (results that collapsed into one dominant segment) count as infinitely
+    bad: everything merged into one segment scores the ground truth's entropy as VI, which can
+    beat an honest but over-split result, and is never what a user wants. They and their
+    neighbours within the margin are chosen only when nothing else is left.
     """
     tolerance = 1e-9
+    scored = {knob: (math.inf if knob in degenerate else score) for knob, score in scores.items()}
 
     def worst(t: float) -> float:
-        return max(score for other, score in scores.items() if abs(other - t) <= margin + tolerance)
+        return max(score for other, score in scored.items() if abs(other - t) <= margin + tolerance)
 
-    return min(scores, key=lambda t: (worst(t), scores[t], t))
+    return min(scored, key=lambda t: (worst(t), scored[t], scores[t], t))
+
+
+def validated_method(config: SegmentConfig) -> str:
+    """The method scored at every validation during training: ``segment.method``, the configured
+    agglomeration for ``auto``."""
+    return "agglomeration" if config.method == "auto" else config.method
 
 
 def score_on(config: SegmentConfig, volumes: Sequence[Labelled], seed: int = 0) -> Metrics:
     """Validation metrics of the configured method on ``(predictions, labels)`` volumes, pooled
-    (the agglomeration's at its best threshold, returned under ``threshold``)."""
-    if config.method == "agglomeration" and config.agglomeration.threshold is None:
+    (the agglomeration's at its best threshold, returned under ``threshold``). ``auto`` scores
+    the configured agglomeration: quick enough for every validation during training, while the
+    choice among all variants is made once, at the end (:mod:`melecole.stages.calibration`)."""
+    method = validated_method(config)
+    if method == "agglomeration" and config.agglomeration.threshold is None:
         threshold, metrics, _ = calibrate(config, volumes)
         return {**metrics, "threshold": threshold}
-    return evaluate_pooled([(run_method(config.method, config, predictions, config.agglomeration.threshold, seed),
-                             labels) for predictions, labels in volumes])
+    return evaluate_pooled([(run_method(method, config, predictions, config.agglomeration.threshold, seed,
+                                        bias=config.mws_bias or 0.0), labels)
+                            for predictions, labels in volumes])
 
 
 def _stored(container) -> tuple[list[tuple[int, int, int]] | None, float | None]:
@@ -134,6 +204,54 @@ def _stored(container) -> tuple[list[tuple[int, int, int]] | None, float | None]
     offsets, threshold = attrs.get("offsets"), attrs.get("agglomeration_threshold")
     offsets = [tuple(o) for o in (json.loads(offsets) if isinstance(offsets, str) else offsets)] if offsets is not None else None
     return offsets, (float(threshold) if threshold is not None else None)
+
+
+def stored_calibration(attrs) -> dict | None:
+    """The validation calibration ``predict`` copied from the checkpoint, or None (older
+    checkpoints, predictions from elsewhere)."""
+    calibration = attrs.get("calibration")
+    if calibration is None:
+        return None
+    return json.loads(calibration) if isinstance(calibration, str) else dict(calibration)
+
+
+class Knobs:
+    """The agglomeration threshold and Mutex Watershed bias of each variant: the parameters' when
+    set, else the validation calibration's, else (older checkpoints) the one stored threshold for
+    the configured agglomeration and bias 0."""
+
+    def __init__(self, config: SegmentConfig, calibration: dict | None, threshold: float | None):
+        self.config, self.variants, self.threshold = config, (calibration or {}).get("variants", {}), threshold
+        self.choice = (calibration or {}).get("choice")
+
+    def main(self) -> str:
+        """The main result's variant: ``segment.method``, or for ``auto`` the validation choice
+        (the configured agglomeration without one)."""
+        if self.config.method != "auto":
+            return variant_name(self.config.method, self.config)
+        return self.choice or variant_name("agglomeration", self.config)
+
+    def of(self, name: str) -> tuple[float | None, float]:
+        """(threshold, bias) of a variant (its affinity map: :meth:`map_of`)."""
+        full, calibrated = variant_name(name, self.config), self.variants.get(variant_name(name, self.config), {})
+        threshold = self.config.agglomeration.threshold
+        if threshold is None:
+            threshold = calibrated.get("threshold")
+        if threshold is None and full == variant_name("agglomeration", self.config):
+            threshold = self.threshold
+        bias = self.config.mws_bias if self.config.mws_bias is not None else calibrated.get("bias", 0.0)
+        return threshold, float(bias)
+
+    def map_of(self, name: str) -> np.ndarray | None:
+        """The fitted affinity map of a Mutex Watershed variant, or None (the predicted affinities):
+        the calibration's choice under ``mws_map: auto``, never under ``none``."""
+        table = self.variants.get(variant_name(name, self.config), {}).get("map")
+        if self.config.mws_map == "none" or table is None:
+            if self.config.mws_map == "fitted" and resolve_variant(name, self.config)[0] == "mws":
+                raise MelecoleError(f"segment.mws_map is 'fitted' but the predictions carry no affinity map "
+                                    f"fitted on validation for {variant_name(name, self.config)}")
+            return None
+        return map_from_text(table)
 
 
 def _checked_predictions(config: SegmentConfig, path: Path):
@@ -154,6 +272,16 @@ def _checked_predictions(config: SegmentConfig, path: Path):
     return container, calibrated
 
 
+def _runnable(name: str, config: SegmentConfig, knobs: Knobs, predictions: Predictions) -> str | None:
+    """Why a baseline cannot run here (no threshold, no affinity head), or None."""
+    method, _ = resolve_variant(name, config)
+    if needs_affinity_head(name, config) and "predicted_affinities" not in predictions:
+        return "the predictions hold no predicted_affinities"
+    if method == "agglomeration" and knobs.of(name)[0] is None:
+        return "no threshold was chosen for it on validation and segment.agglomeration.threshold is null"
+    return None
+
+
 def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, seed: int = 0,
             blockwise: bool = False, scheduling=None, block: tuple[int, int, int] | None = None,
             context: int = 8, chunks: tuple[int, int, int] = (64, 64, 64)) -> dict:
@@ -169,29 +297,53 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
     """
     path = Path(predictions)
     container, calibrated = _checked_predictions(config, path)
-    threshold = config.agglomeration.threshold if config.agglomeration.threshold is not None else calibrated
+    knobs = Knobs(config, stored_calibration(container.attrs), calibrated)
+    main = knobs.main()
+    threshold, bias = knobs.of(main)
     if blockwise:
+        if config.method == "auto" and main != variant_name("agglomeration", config):
+            raise MelecoleError(f"segment --blockwise runs the agglomeration, but segment.method 'auto' chose "
+                                f"'{main}' on validation; set segment.method: agglomeration to segment blockwise")
+        if config.method == "auto":
+            config = config.model_copy(update={"method": "agglomeration"})
         return _segment_blockwise(config, container, path, Path(out), threshold, scheduling, block, context, chunks)
     predictions = {"affinities": decode(container.dataset("affinities").read()),
                    "boundary": decode(container.dataset("boundary").read())}
     if "predicted_affinities" in container.names():
         predictions["predicted_affinities"] = decode(container.dataset("predicted_affinities").read())
-    outputs, seconds = {}, {}
-    for method in [config.method] + [b for b in config.baselines if b != config.method]:
+    outputs, seconds, used, warnings = {}, {}, {}, []
+    baselines = [b for b in dict.fromkeys(config.baselines) if variant_name(b, config) != main]
+    for name in [main] + baselines:
+        why_not = _runnable(name, config, knobs, predictions) if name != main else None
+        if why_not is not None:
+            warnings.append(f"baseline {name} skipped: {why_not}")
+            continue
         start = time.perf_counter()
-        outputs["segmentation" if method == config.method else method] = run_method(
-            method, config, predictions, threshold, seed)
-        seconds[method] = round(time.perf_counter() - start, 3)
-    attrs = {"source": str(path), "method": config.method, "baselines": json.dumps(config.baselines)}
-    if threshold is not None:
+        name_threshold, name_bias = knobs.of(name)
+        affinity_map = knobs.map_of(name)
+        outputs["segmentation" if name == main else name] = run_method(
+            name, config, predictions, name_threshold, seed, bias=name_bias, affinity_map=affinity_map)
+        seconds[name] = round(time.perf_counter() - start, 3)
+        used[name] = _used_knobs(name, config, name_threshold, name_bias, affinity_map is not None)
+    attrs = {"source": str(path), "method": main, "method_setting": config.method,
+             "baselines": json.dumps([b for b in baselines if b in outputs]), "knobs": json.dumps(used)}
+    if knobs.variants:
+        attrs["calibration"] = json.dumps({"choice": knobs.choice, "variants": knobs.variants})
+    if threshold is not None and main.startswith("agglomeration"):
         attrs["agglomeration_threshold"] = threshold
     write_volumes(out, outputs, attrs, voxel_size=container.dataset("boundary").voxel_size)
-    warnings = []
     for name, segmentation in outputs.items():
         sizes = segment_sizes(segmentation)
         warnings.append(dominance_warning(f"{out}:{name}", largest_share(sizes), len(sizes)))
-    return {"seconds": seconds, "segments": int(outputs["segmentation"].max()), "threshold": threshold,
+    return {"method": main, "seconds": seconds, "segments": int(outputs["segmentation"].max()),
+            "threshold": threshold if main.startswith("agglomeration") else None, "knobs": used,
             "warnings": [warning for warning in warnings if warning]}
+
+
+def _used_knobs(name: str, config: SegmentConfig, threshold: float | None, bias: float, fitted: bool) -> dict:
+    method, _ = resolve_variant(name, config)
+    return {"agglomeration": {"threshold": threshold},
+            "mws": {"bias": bias, "map": "fitted" if fitted else "none"}}.get(method, {})
 
 
 # Peak memory of one segment worker per voxel of its block (context of 8 voxels included):

@@ -42,7 +42,8 @@ from melecole.models.moco import MoCo
 from melecole.progress import MetricBuffer, ProgressBar, work_bar
 from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, fingerprint, for_other_ranks, restore
 from melecole.schedule import build_scheduler
-from melecole.stages.segment import run_method, score_on
+from melecole.stages.calibration import calibrate_variants
+from melecole.stages.segment import Labelled, run_method, score_on, validated_method, variant_name
 from melecole.figures import result_image
 from melecole.plots import CurveFiles
 from melecole.tracking import Tracker, run_name, run_tags
@@ -94,6 +95,37 @@ def load_labelled(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return normalize_raw(volumes["raw"], f"{path}:raw"), labels.astype(np.uint64)
 
 
+def validation_predictions(params: Params, model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]],
+                           augment: str = "none", embedding: bool = False) -> list[Labelled]:
+    """``(predictions, labels)`` of each validation volume, quantised as predict stores them, so
+    thresholds and biases are chosen on what segment will read; ``embedding``: the first
+    volume's predictions also hold the embedding (for its picture)."""
+    loss, cfg = params.train.loss, params.predict
+    with work_bar(sum(count_tiles(raw.shape, cfg.patch, cfg.overlap) for raw, _ in volumes), "validate", "tile") as bar:
+        return [(round_trip(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size,
+                                           params.segment.offsets, loss.delta_d, loss.norm, augment, cfg.affinity,
+                                           embedding=embedding and index == 0, on_tiles=bar.update)),
+                 labels)
+                for index, (raw, labels) in enumerate(volumes)]
+
+
+def final_calibration(params: Params, model: torch.nn.Module,
+                      volumes: list[tuple[np.ndarray, np.ndarray]]) -> tuple[dict, dict]:
+    """Every variant of ``segment.choices`` calibrated on the validation volumes with the predict
+    stage's settings (test-time augmentation included), and the validation metrics of the main
+    method (``auto``: the best variant) with its knob under ``threshold`` or ``bias``."""
+    predicted = validation_predictions(params, model, volumes, params.predict.augment)
+    config = params.segment
+    # The configured agglomeration is calibrated whatever the choices: it is what `auto` falls
+    # back to, and its threshold is the checkpoint's agglomeration_threshold.
+    configured = [variant_name("agglomeration", config)] + ([] if config.method == "auto" else [variant_name(config.method, config)])
+    calibration = calibrate_variants(config, predicted, params.seed, also=configured)
+    main = calibration["choice"] if config.method == "auto" else variant_name(config.method, config)
+    if main in calibration["variants"]:
+        return calibration, {**calibration["variants"][main], "method": main}
+    return calibration, {**score_on(config, predicted, params.seed), "method": main}
+
+
 def validation_scores(params: Params, model: torch.nn.Module, volumes: list[tuple[np.ndarray, np.ndarray]],
                       augment: str = "none", picture: Callable[[np.ndarray], None] | None = None) -> dict:
     """Segments the validation volumes ``(raw, labels)`` with the configured method and scores
@@ -103,19 +135,13 @@ def validation_scores(params: Params, model: torch.nn.Module, volumes: list[tupl
     threshold, which is returned under ``threshold``. With ``picture``, it receives the
     :func:`melecole.figures.result_image` of the first volume's middle slice, segmented as scored.
     """
-    loss, cfg = params.train.loss, params.predict
-    # Quantised as predict stores them, so the threshold is chosen on what segment will read.
-    with work_bar(sum(count_tiles(raw.shape, cfg.patch, cfg.overlap) for raw, _ in volumes), "validate", "tile") as bar:
-        predicted = [(round_trip(predict_volume(model, raw, cfg.patch, cfg.overlap, cfg.batch_size,
-                                                params.segment.offsets, loss.delta_d, loss.norm, augment, cfg.affinity,
-                                                embedding=picture is not None and index == 0, on_tiles=bar.update)),
-                      labels)
-                     for index, (raw, labels) in enumerate(volumes)]
+    predicted = validation_predictions(params, model, volumes, augment, embedding=picture is not None)
     scores = score_on(params.segment, predicted, params.seed)
     if picture is not None:
         predictions, labels = predicted[0]
         threshold = scores.get("threshold", params.segment.agglomeration.threshold)
-        segmentation = run_method(params.segment.method, params.segment, predictions, threshold, params.seed)
+        segmentation = run_method(validated_method(params.segment), params.segment, predictions, threshold,
+                                  params.seed, bias=params.segment.mws_bias or 0.0)
         picture(result_image(volumes[0][0], labels, segmentation, predictions.get("boundary"),
                              predictions.get("embedding")))
     return scores
@@ -392,18 +418,22 @@ def _finish(params: Params, model: torch.nn.Module, best: dict, result: Training
     """Rank 0 after the last step: calibrate on the best weights, write the output, close the run."""
     model.load_state_dict(best["state"])
     # The final score uses the predict stage's settings (test-time augmentation included), so the
-    # threshold chosen here is the one that fits what `segment` will see.
-    final = validation_scores(params, model, validation, params.predict.augment)
+    # thresholds and biases chosen here are the ones that fit what `segment` will see.
+    calibration, final = final_calibration(params, model, validation)
     extra = {"best_step": best["step"], "val_vi_split": final["vi_split"], "val_vi_merge": final["vi_merge"],
-             "val_arand": final["arand"]}
-    if "threshold" in final:
-        extra["agglomeration_threshold"] = final["threshold"]
-    summary = {"best_step": best["step"], "val": final, "seconds": result.seconds, "device": str(device),
+             "val_arand": final["arand"], "calibration": calibration}
+    agglomeration = calibration["variants"].get(variant_name("agglomeration", params.segment), {})
+    if agglomeration.get("threshold") is not None:
+        extra["agglomeration_threshold"] = agglomeration["threshold"]
+    summary = {"best_step": best["step"], "val": final, "calibration": calibration, "seconds": result.seconds, "device": str(device),
                "processes": ctx.world_size, "resumed_from_step": resumed_from}
     save_checkpoint(checkpoint, model, params_as_dict(params), extra=extra)
     metrics.flush()
     tracker.log_metrics({"best_step": best["step"], "train_seconds": result.seconds,
-                         **{f"final_val_{k}": v for k, v in final.items()}})
+                         **{f"final_val_{k}": v for k, v in final.items() if isinstance(v, (int, float))},
+                         **{f"final_val_{name}_{k}": v for name, scores in calibration["variants"].items()
+                            for k, v in scores.items() if isinstance(v, (int, float))}})
+    tracker.set_tags({"segment_method": final["method"]})
     tracker.log_artifact(checkpoint, "checkpoint")
     tracker.log_model(model)
     if run_file is not None:
