@@ -203,7 +203,7 @@ class AgglomerationConfig(_Strict):
     threshold: float | None = Field(
         None, gt=0, lt=1, description="merge threshold; null = the one chosen on the validation volume in training")
     candidates: list[float] = Field(
-        [0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55, 0.575, 0.6, 0.65, 0.7, 0.8, 0.9],
+        [0.2, 0.25, 0.3, 0.35, 0.4, 0.425, 0.45, 0.475, 0.5, 0.525, 0.55, 0.575, 0.6, 0.65, 0.7, 0.8, 0.9],
         min_length=1, description="thresholds tried on the validation volume")
     margin: float = Field(
         0.05, ge=0, lt=1, description="robust choice: the candidate whose worst VI sum over the candidates within "
