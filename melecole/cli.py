@@ -154,6 +154,15 @@ def cmd_heldout(args: argparse.Namespace) -> None:
         _warn("heldout", metrics.get("warnings", []))
 
 
+def cmd_recalibrate(args: argparse.Namespace) -> None:
+    from melecole.data.prepared import validation_files
+    from melecole.stages.recalibrate import recalibrate
+
+    files = [Path(p) for p in args.val] if args.val else validation_files(args.data)
+    result = recalibrate(_params(args.params), args.checkpoint, files, args.out)
+    print(json.dumps(result))
+
+
 def cmd_zoo(args: argparse.Namespace) -> None:
     from melecole.zoo import zoo_listing
 
@@ -340,6 +349,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data", help="prepared folder with test-*.h5 (default: data)")
     p.add_argument("--out", default="outputs/heldout", help="output folder (default: outputs/heldout)")
     p.set_defaults(func=cmd_heldout)
+
+    p = sub.add_parser("recalibrate", help="choose a trained model's segmentation knobs again on your labelled volumes",
+                       description="Predicts each labelled volume (datasets raw and labels) with the checkpoint, "
+                                   "calibrates every segment.choices variant on them pooled (agglomeration thresholds, "
+                                   "Mutex Watershed bias and affinity map, the choice among them) and writes a copy of "
+                                   "the checkpoint carrying the new calibration; the weights are unchanged. The search "
+                                   "space (segment.choices, candidates, margins) comes from --params.")
+    p.add_argument("--params", help=params_help)
+    _checkpoint_argument(p)
+    p.add_argument("--val", nargs="+", help="labelled volumes (default: the validation files of --data)")
+    p.add_argument("--data", default="data", help="prepared folder whose val.h5 and val-*.h5 are used without --val "
+                                                  "(default: data)")
+    p.add_argument("--out", required=True, help="the calibrated checkpoint to write")
+    p.set_defaults(func=cmd_recalibrate)
 
     storage_help = "Optuna storage URL shared by every worker, e.g. postgresql://user@host/db (default: sqlite:///OUT/optuna.db)"
     reference_help = "LABEL=metrics.json: also plot this run's validation VI split / merge (repeatable)"
