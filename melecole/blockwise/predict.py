@@ -60,7 +60,7 @@ class PredictBlocks:
             return self._state
         from melecole.checkpoint import load_model
         from melecole.io import open_container, open_volume
-        from melecole.stages.train import resolve_device
+        from melecole.inference.device import resolve_device
 
         if self.threads > 0:
             torch.set_num_threads(self.threads)

@@ -14,6 +14,9 @@ whole-volume result voxel for voxel. Per tile:
 Test-time augmentation runs each tile in every transformed frame, maps the outputs back and
 averages them before blending; the embedding returned (on request) is the untransformed one's.
 Pairs whose partner lies outside the volume get embedding affinity 0.
+
+On the CPU the network runs every convolution through oneDNN and the per-tile work after it on
+one thread (:mod:`melecole.inference.kernels`: ATen's own choices cost twice the time here).
 """
 
 from __future__ import annotations
@@ -25,11 +28,13 @@ import numpy as np
 import torch
 
 from melecole.inference.blend import RegionBlender
+from melecole.inference.kernels import OneDnnConvolutions, one_thread
 from melecole.inference.tiling import Region, TileGrid, full_region, union_box
 from melecole.inference.transforms import Transform, augmentations, backward, forward, remap_affinities
 from melecole.segment.affinities import cosine_affinities, embedding_affinities
 
 Reader = Callable[[Region], np.ndarray]  # region inside the volume -> normalised float32 (Z, Y, X)
+_IDENTITY: Transform = ((0, 1, 2), ())
 Offsets = Sequence[Sequence[int]]
 
 
@@ -67,8 +72,17 @@ def model_device(model: torch.nn.Module) -> torch.device:
     return parameter.device if parameter is not None else torch.device("cpu")
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
+def _probabilities(logits: torch.Tensor) -> np.ndarray:
+    """Sigmoid of a (B, C, Z, Y, X) batch of logits, float32 numpy on the CPU."""
+    return torch.sigmoid(logits.float()).cpu().numpy()
+
+
+def _add(total: np.ndarray | None, values: np.ndarray) -> np.ndarray:
+    """``total + values``, in place after the first (``values`` are this tile's own arrays)."""
+    if total is None:
+        return values
+    total += values
+    return total
 
 
 class TilePredictor:
@@ -107,28 +121,41 @@ class TilePredictor:
     def __call__(self, tiles: np.ndarray) -> list[dict[str, tuple[np.ndarray, np.ndarray | None]]]:
         """Outputs of ``tiles`` (B, Z, Y, X) for :class:`RegionBlender`, one dict per tile."""
         count = len(self.transforms)
-        boundary = [0.0] * len(tiles)
-        affinities = [0.0] * len(tiles)
-        head: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(tiles)
+        boundary: list[np.ndarray | None] = [None] * len(tiles)
+        affinities: list[np.ndarray | None] = [None] * len(tiles)
+        head: list[tuple[np.ndarray, np.ndarray | None] | None] = [None] * len(tiles)  # (values, votes)
         embeddings: list[np.ndarray | None] = [None] * len(tiles)
         for transform in self.transforms:
             batch = np.stack([forward(tile, transform) for tile in tiles])[:, None]  # (B, 1, Z', Y', X')
             with torch.inference_mode():
-                out = self.model(torch.from_numpy(batch).to(self.device))
-            for b in range(len(tiles)):
-                embedding = backward(out["embedding"][b].float().cpu().numpy(), transform)  # (E, Z, Y, X)
-                if embeddings[b] is None and self.keep_embedding:
-                    embeddings[b] = embedding
-                affinities[b] = affinities[b] + self._affinities(torch.from_numpy(embedding).to(self.device))
-                boundary[b] = boundary[b] + _sigmoid(backward(out["boundary"][b].float().cpu().numpy(), transform))
-                if "affinities" in out:
-                    probabilities = _sigmoid(backward(out["affinities"][b].float().cpu().numpy(), transform))
-                    values, votes = remap_affinities(probabilities, self.offsets, transform)
-                    head[b] = (values, votes) if head[b] is None else (head[b][0] + values, head[b][1] + votes)
+                with OneDnnConvolutions():
+                    out = self.model(torch.from_numpy(batch).to(self.device))
+                with one_thread(self.device):
+                    logits = {key: _probabilities(out[key]) for key in ("boundary", "affinities") if key in out}
+                    for b in range(len(tiles)):
+                        embedding = backward(out["embedding"][b].float().cpu().numpy(), transform)  # (E, Z, Y, X)
+                        if embeddings[b] is None and self.keep_embedding:
+                            embeddings[b] = embedding
+                        affinities[b] = _add(affinities[b],
+                                             self._affinities(torch.from_numpy(embedding).to(self.device)))
+                        boundary[b] = _add(boundary[b], backward(logits["boundary"][b], transform))
+                        if "affinities" in logits:
+                            probabilities = backward(logits["affinities"][b], transform)
+                            if count == 1 and transform == _IDENTITY:
+                                head[b] = (probabilities, None)  # one vote per channel everywhere: nothing to remap
+                            else:
+                                values, votes = remap_affinities(probabilities, self.offsets, transform)
+                                head[b] = (values, votes) if head[b] is None else (head[b][0] + values,
+                                                                                   head[b][1] + votes)
         results = []
         for b in range(len(tiles)):
-            result = {"boundary": (boundary[b] / count, None), "affinities": (affinities[b] / count, self.tile_pairs)}
-            if head[b] is not None:
+            if count > 1:
+                boundary[b] /= count
+                affinities[b] /= count
+            result = {"boundary": (boundary[b], None), "affinities": (affinities[b], self.tile_pairs)}
+            if head[b] is not None and head[b][1] is None:
+                result["predicted_affinities"] = (head[b][0], None)
+            elif head[b] is not None:
                 values, votes = head[b]
                 # Without test-time transforms every channel has its vote everywhere.
                 validity = None if self.head_votes_everywhere else (votes > 0).astype(np.float32)

@@ -29,7 +29,7 @@ from melecole.inference.encoding import STORED_DTYPES, stored_bytes_per_voxel
 from melecole.inference.tiling import TileGrid, cheapest_block
 from melecole.inference.volume import check_patch
 from melecole.io import VolumeSpec, create_container, open_volume
-from melecole.stages.train import resolve_device
+from melecole.inference.device import resolve_device
 
 # Working bytes per voxel of a block: per output channel a float32 accumulator (divided in
 # place) and its uint8 or float16 stored copy; per voxel the raw tiles around the block (float64
