@@ -96,6 +96,8 @@ class StepOptions:
         scheduler: stepped after every optimiser step.
         scaler: a ``GradScaler`` for float16; None otherwise.
         checkpoint_every: call ``on_checkpoint`` every this many steps and after the last; 0 = never.
+        affinity_pieces: affinity targets from the patch's connected pieces, as the embedding's
+            instances, instead of its labels (``train.loss.affinity_targets``).
         contrastive: the contrastive phases (model = :class:`~melecole.models.moco.MoCo`, sampler
             a :class:`~melecole.data.pairs.ViewSampler`, ``loss_fn(outputs, batch, step)``); None
             for supervised training.
@@ -109,10 +111,12 @@ class StepOptions:
     scaler: torch.amp.GradScaler | None = None
     checkpoint_every: int = 0
     contrastive: ContrastivePlan | None = None
+    affinity_pieces: bool = False
 
 
 def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int, device: torch.device,
-               offsets: list[tuple[int, int, int]] | None = None) -> dict[str, torch.Tensor]:
+               offsets: list[tuple[int, int, int]] | None = None,
+               affinity_pieces: bool = False) -> dict[str, torch.Tensor]:
     """Samples ``batch_size`` patches and computes their training targets.
 
     A :class:`~melecole.data.feed.LoaderFeed` (loader workers) already delivers whole batches
@@ -144,7 +148,7 @@ def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int
         instances.append(patch_instances(labels))
         boundaries.append(boundary_map(labels))
         if offsets:
-            target, mask = affinity_targets(labels, offsets)
+            target, mask = affinity_targets(instances[-1] if affinity_pieces else labels, offsets)
             affs.append(target)
             masks.append(mask)
     batch = {
@@ -219,7 +223,7 @@ def optimizer_step(model: torch.nn.Module, loss_fn: Callable[[dict, dict], dict]
     sums: dict[str, float] = {}
     ddp = isinstance(model, DistributedDataParallel)
     for micro in range(options.accumulate):
-        batch = make_batch(sampler, batch_size, device, offsets)
+        batch = make_batch(sampler, batch_size, device, offsets, options.affinity_pieces)
         raw = batch["raw"]
         if options.channels_last:
             raw = raw.contiguous(memory_format=torch.channels_last_3d)

@@ -109,3 +109,25 @@ def test_grid_patches_dataset_covers_each_volume(volumes):
     np.testing.assert_array_equal(sample["raw"][0].numpy(), volumes[index][0][box])
     loader = make_loader(grid, batch_size=4)
     assert sum(batch["raw"].shape[0] for batch in loader) == len(grid)
+
+
+def test_affinity_targets_from_pieces_separate_arms_of_one_neuron_that_meet_outside_the_patch():
+    # One neuron (id 5) whose two arms (x 0-2 and x 6-8) are joined only at z = 0, cut off here.
+    labels = np.full((4, 4, 9), 7, dtype=np.uint64)
+    labels[:, :, :3] = 5
+    labels[:, :, 6:] = 5
+    raw = np.zeros(labels.shape, np.float32)
+    offsets = [(0, 0, -6), (0, 0, -1)]  # x and x - 6: arm to arm; nearest neighbours
+    by_labels = patch_targets(raw, labels, offsets=offsets)
+    by_pieces = patch_targets(raw, labels, offsets=offsets, affinity_pieces=True)
+    assert by_labels["instances"][0, 0, 0] != by_labels["instances"][0, 0, 6]  # the embedding: two instances
+    assert by_labels["affinities"][0, 0, 0, 6] == 1.0  # labels: one object
+    assert by_pieces["affinities"][0, 0, 0, 6] == 0.0  # pieces: as the embedding sees them
+    torch.testing.assert_close(by_pieces["affinity_mask"], by_labels["affinity_mask"])
+    # Nearest neighbours of one label are always in one piece: those targets do not change.
+    torch.testing.assert_close(by_pieces["affinities"][1], by_labels["affinities"][1])
+    assert by_labels["affinities"][1].sum() > 0
+    # make_batch builds the same targets from the sampler's patch.
+    sampler = PatchSampler([(raw, labels)], labels.shape, np.random.default_rng(0), min_labelled=0.0)
+    batch = make_batch(sampler, 1, torch.device("cpu"), offsets, affinity_pieces=True)
+    assert batch["affinities"][0, 0, 0, 0, 6] == 0.0

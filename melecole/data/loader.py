@@ -30,7 +30,8 @@ def worker_seed(seed: int, epoch: int, worker: int) -> np.random.SeedSequence:
 
 
 def patch_targets(raw: np.ndarray, labels: np.ndarray, boundary_width: int = 1,
-                  offsets: Sequence[Sequence[int]] | None = None) -> dict[str, torch.Tensor]:
+                  offsets: Sequence[Sequence[int]] | None = None,
+                  affinity_pieces: bool = False) -> dict[str, torch.Tensor]:
     """The training tensors of one patch, as ``melecole.training.make_batch`` builds them.
 
     Args:
@@ -38,6 +39,8 @@ def patch_targets(raw: np.ndarray, labels: np.ndarray, boundary_width: int = 1,
         labels: (Z, Y, X) integer ground truth, 0 = ignore.
         boundary_width: erosion width of the boundary map (see ``boundary_map``).
         offsets: when given, also affinity targets at these offsets and their mask.
+        affinity_pieces: affinity targets from the connected pieces (the instances) instead of
+            the labels: pieces of one neuron that meet outside the patch are different objects.
 
     Returns:
         raw (1, Z, Y, X) float32, instances (Z, Y, X) int64 (connected pieces, 0 = ignore),
@@ -46,13 +49,14 @@ def patch_targets(raw: np.ndarray, labels: np.ndarray, boundary_width: int = 1,
     """
     if raw.shape != labels.shape:
         raise ValueError(f"raw {raw.shape} and labels {labels.shape} differ in shape")
+    instances = patch_instances(labels)
     sample = {
         "raw": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)[None]),
-        "instances": torch.from_numpy(patch_instances(labels)),
+        "instances": torch.from_numpy(instances),
         "boundary": torch.from_numpy(boundary_map(labels, boundary_width)[None]),
     }
     if offsets is not None:
-        affs, mask = affinities(labels, offsets)
+        affs, mask = affinities(instances if affinity_pieces else labels, offsets)
         sample["affinities"], sample["affinity_mask"] = torch.from_numpy(affs), torch.from_numpy(mask)
     return sample
 
@@ -78,8 +82,9 @@ class PatchStream(IterableDataset):
     def __init__(self, volumes: Volumes, patch: Sequence[int], seed: int, augment: AugmentConfig | None = None,
                  permute: Permute = "none", flip: bool = False, min_labelled: float = 0.5, max_tries: int = 20,
                  patches_per_epoch: int | None = None, boundary_width: int = 1,
-                 offsets: Sequence[Sequence[int]] | None = None):
+                 offsets: Sequence[Sequence[int]] | None = None, affinity_pieces: bool = False):
         super().__init__()
+        self.affinity_pieces = affinity_pieces
         self.volumes = volumes
         self.patch = tuple(int(p) for p in patch)
         self.seed = int(seed)
@@ -112,10 +117,10 @@ class PatchStream(IterableDataset):
         sampler = self.sampler(np.random.default_rng(worker_seed(self.seed, self.epoch, worker)))
         if self.patches_per_epoch is None:
             while True:
-                yield patch_targets(*sampler.sample(), self.boundary_width, self.offsets)
+                yield patch_targets(*sampler.sample(), self.boundary_width, self.offsets, self.affinity_pieces)
         share = self.patches_per_epoch // workers + (worker < self.patches_per_epoch % workers)
         for _ in range(share):
-            yield patch_targets(*sampler.sample(), self.boundary_width, self.offsets)
+            yield patch_targets(*sampler.sample(), self.boundary_width, self.offsets, self.affinity_pieces)
 
 
 class GridPatches(Dataset):

@@ -291,7 +291,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     if cfg.workers > 0:
         rank_seed = int(np.random.SeedSequence([params.seed, ctx.rank]).generate_state(1)[0])
         stream = PatchStream(volumes, cfg.patch, rank_seed, augment=cfg.augment, min_labelled=cfg.min_labelled,
-                             offsets=offsets)
+                             offsets=offsets, affinity_pieces=cfg.loss.affinity_targets == "pieces")
         batches = LoaderFeed(stream, cfg.batch_size, cfg.workers, cfg.checkpoint_every or None, resumed_from,
                              cfg.accumulate)
     network = trained
@@ -302,7 +302,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     options = StepOptions(accumulate=cfg.accumulate, amp_dtype=amp_dtype(cfg.amp, device),
                           channels_last=device.type == "cuda" and cfg.channels_last, clip_grad_norm=cfg.clip_grad_norm,
                           scheduler=parts.scheduler, scaler=parts.scaler, checkpoint_every=cfg.checkpoint_every,
-                          contrastive=plan)
+                          contrastive=plan, affinity_pieces=cfg.loss.affinity_targets == "pieces")
     tracker = _tracker(params, params_dict, ctx, run_id, resumed_from)
     if state is None:
         tracker.log_datasets({"training": train_files, "validation": val_files})
