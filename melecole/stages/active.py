@@ -104,7 +104,7 @@ def select(params: Params, checkpoint: str | Path, raw_spec: VolumeSpec, out: st
         Figures: seconds, volume shape, block, blocks ranked, files written, best and median score.
     """
     from melecole.checkpoint import load_model
-    from melecole.stages.train import resolve_device
+    from melecole.inference.device import resolve_device
 
     start = time.perf_counter()
     out = Path(out)

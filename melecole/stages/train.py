@@ -32,6 +32,7 @@ from melecole.data.sampling import PatchSampler
 from melecole.data.views import views_read_shape
 from melecole.distributed import DistContext
 from melecole.errors import MelecoleError
+from melecole.inference.device import resolve_device  # noqa: F401 - re-exported for callers of this module
 from melecole.inference.encoding import round_trip
 from melecole.inference.volume import count_tiles, predict_volume
 from melecole.io import atomic_output, check_same_shape, read_volumes
@@ -48,19 +49,6 @@ from melecole.figures import result_image
 from melecole.plots import CurveFiles
 from melecole.tracking import Tracker, run_name, run_tags
 from melecole.training import NonFiniteLoss, StepOptions, TrainingResult, make_ema, train_loop
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; anything else as torch spells it."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise MelecoleError(f"train.device '{name}': {error}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise MelecoleError(f"train.device '{name}': CUDA is not available on this machine")
-    return device
 
 
 def seed_everything(seed: int, rank: int = 0) -> np.random.Generator:
