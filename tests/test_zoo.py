@@ -31,6 +31,10 @@ def test_the_shipped_model_loads_with_weights_only_and_reproduces_its_check_scor
         assert scores[key] == pytest.approx(recorded["scores"][key], abs=recorded["tolerance"]), key
     card = (model.folder / "MODEL_CARD.md").read_text()
     assert "Creative Commons Attribution" in card and "BSD" in card and f"zoo:{SHIPPED}" in card
+    # It carries its validation calibration, so `segment.method: auto` segments as the card says.
+    calibration = state["extra"]["calibration"]
+    assert calibration["choice"] == model.manifest["calibration"]["choice"] and calibration["choice"] in card
+    assert set(calibration["variants"]) == set(model.manifest["calibration"]["variants"])
 
 
 def test_zoo_lists_models_and_refuses_unknown_or_damaged_ones(tmp_path, capsys):
@@ -60,7 +64,10 @@ def test_a_checkpoint_joins_the_zoo_with_manifest_and_card(tmp_path, monkeypatch
     with pytest.raises(MelecoleError, match="no validation scores"):
         add_to_zoo(checkpoint, "tiny", 1, "untrained", root=tmp_path / "zoo", bundled_root=DATASETS)
     state = torch.load(checkpoint, weights_only=True)
-    state["extra"].update(val_vi_split=1.5, val_vi_merge=0.5, val_arand=0.3, best_step=3)
+    state["extra"].update(val_vi_split=1.5, val_vi_merge=0.5, val_arand=0.3, best_step=3, calibration={
+        "choice": "mws-embedding", "variants": {
+            "mws-embedding": {"bias": -0.2, "map": ["00" * 256] * 9, "vi_split": 1.0, "vi_merge": 0.5, "arand": 0.3},
+            "agglomeration-embedding": {"threshold": 0.4, "vi_split": 2.0, "vi_merge": 0.5, "arand": 0.4}}})
     torch.save(state, checkpoint)
     metrics = tmp_path / "metrics.json"
     metrics.write_text(json.dumps({"vi_split": 1.0, "vi_merge": 0.5, "arand": 0.2, "volume": "flyem-fib-small test",
@@ -75,4 +82,7 @@ def test_a_checkpoint_joins_the_zoo_with_manifest_and_card(tmp_path, monkeypatch
     assert resolve_checkpoint("zoo:tiny", tmp_path / "zoo") == folder / "checkpoint.pt"
     listing = zoo_listing(tmp_path / "zoo")
     assert "zoo:tiny  (version 2" in listing and "1.500 / 0.500" in listing and "flyem-fib-medulla test" in listing
-    assert "abc123" in (folder / "MODEL_CARD.md").read_text()
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "abc123" in card
+    assert "(`segment.method: auto`): mws-embedding" in card and "mws-embedding (bias -0.2, fitted map): 1.0000 / 0.5000" in card
+    assert manifest["calibration"]["variants"]["mws-embedding"]["map"] == "fitted"  # the levels stay in the checkpoint

@@ -64,6 +64,20 @@ def check_score(checkpoint: str | Path, bundled_root: str | Path = "datasets") -
     return evaluate_segmentation(segmentation, labels)
 
 
+def _calibration_lines(calibration: dict | None) -> list[str]:
+    """The card's lines on the variants calibrated on validation (``segment.method: auto`` uses the choice)."""
+    if not calibration:
+        return ["- no calibration of the segmentation variants (`melecole recalibrate` adds one)"]
+    lines = [f"- segmentation chosen on validation (`segment.method: auto`): {calibration['choice']}; every variant "
+             "at its knob, pooled validation VI split / merge (sum):"]
+    for name, scores in calibration["variants"].items():
+        knob = (f"threshold {scores['threshold']:g}" if scores.get("threshold") is not None
+                else f"bias {scores.get('bias', 0):g}" + (", fitted map" if scores.get("map") else ""))
+        lines.append(f"  - {name} ({knob}): {scores['vi_split']:.4f} / {scores['vi_merge']:.4f} "
+                     f"({scores['vi_split'] + scores['vi_merge']:.4f})")
+    return lines
+
+
 def _card(manifest: dict) -> str:
     def row(label: str, m: dict) -> str:
         return (f"| {label} | {m['vi_split']:.4f} | {m['vi_merge']:.4f} | {m['vi_split'] + m['vi_merge']:.4f} "
@@ -80,6 +94,7 @@ def _card(manifest: dict) -> str:
              f"batch {trained['batch_size']}, learning rate {trained['lr']} ({trained['schedule']})",
              f"- model: {trained['model']}",
              f"- agglomeration threshold chosen on validation: {trained['threshold']}",
+             *_calibration_lines(manifest.get("calibration")),
              f"- code: melecole commit {trained.get('commit', 'unknown')}", "",
              "## Scores (VI in bits, lower is better)", "",
              "| volume | VI split | VI merge | VI sum | arand |", "|---|---|---|---|---|",
@@ -96,6 +111,15 @@ def _card(manifest: dict) -> str:
               "", "## Licence of the training data", ""]
     lines += [f"- {name}: {LICENCES[name]}" for name in trained["data"] if name in LICENCES]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_summary(calibration: dict | None) -> dict | None:
+    """The checkpoint's calibration without the fitted maps' levels (they stay in the checkpoint)."""
+    if not calibration:
+        return None
+    return {"choice": calibration["choice"],
+            "variants": {name: {**scores, **({"map": "fitted"} if "map" in scores else {})}
+                         for name, scores in calibration["variants"].items()}}
 
 
 def add_to_zoo(checkpoint: str | Path, name: str, version: int, description: str,
@@ -134,6 +158,7 @@ def add_to_zoo(checkpoint: str | Path, name: str, version: int, description: str
                 "validation": {"vi_split": extra["val_vi_split"], "vi_merge": extra["val_vi_merge"],
                                "arand": extra.get("val_arand")},
                 "test": test,
+                "calibration": _calibration_summary(extra.get("calibration")),
                 "check": {"volume": CHECK_VOLUME, "tolerance": 0.01, "scores": check_score(target, bundled_root)}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (folder / "MODEL_CARD.md").write_text(_card(manifest))
