@@ -112,7 +112,8 @@ def test_scores(params, checkpoint: Path, test) -> dict:
     from melecole.evaluate import evaluate_pooled
     from melecole.inference.encoding import round_trip
     from melecole.inference.volume import predict_volume
-    from melecole.stages.segment import Knobs, run_method
+    from melecole.stages.segment import run_method
+    from melecole.stages.variants import Knobs
 
     model, trained_with, facts = load_model(checkpoint)
     cfg, loss = params.predict, trained_with["train"]["loss"]

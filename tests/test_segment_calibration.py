@@ -14,7 +14,8 @@ from melecole.inference.encoding import decode, encode
 from melecole.io import open_container, read_volume, write_volumes
 from melecole.segment.mutex import bias_repulsive, mutex_watershed
 from melecole.stages.calibration import calibrate_bias, calibrate_variants
-from melecole.stages.segment import resolve_variant, run_method, segment, variant_name
+from melecole.stages.segment import run_method, segment
+from melecole.stages.variants import resolve_variant, variant_name
 from tests.conftest import blocks_volume, tiny_params_dict
 from tests.test_segment_mutex import _perfect_affinities
 

@@ -35,8 +35,8 @@ from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_pooled
 from melecole.plots import with_vi_sum
 from melecole.segment.affinity_map import fit_affinity_map, map_as_text
-from melecole.stages.segment import (Labelled, Metrics, calibrate, dominated, needs_affinity_head, resolve_variant,
-                                    robust_choice, run_method)
+from melecole.stages.segment import Labelled, Metrics, calibrate, dominated, robust_choice, run_method
+from melecole.stages.variants import needs_affinity_head, resolve_variant
 
 
 def calibrate_bias(config: SegmentConfig, volumes: Sequence[Labelled], seed: int = 0,

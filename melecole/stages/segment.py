@@ -33,12 +33,13 @@ from melecole.evaluate import evaluate_pooled
 from melecole.evaluate.dominance import DOMINANT_SHARE, dominance_warning, largest_share, segment_sizes
 from melecole.inference.encoding import decode
 from melecole.io import open_container, write_volumes
-from melecole.segment.affinity_map import apply_affinity_map, map_from_text
+from melecole.segment.affinity_map import apply_affinity_map
 from melecole.segment.agglomerate import agglomerate, boundary_affinities
 from melecole.segment.mutex import bias_repulsive, mutex_watershed
 from melecole.segment.postprocess import merge_small_segments
 from melecole.segment.seeds import boundary_seeds
 from melecole.segment.watershed import boundary_watershed
+from melecole.stages.variants import Knobs, needs_affinity_head, resolve_variant, stored_calibration, validated_method, variant_name
 
 
 Predictions = dict[str, np.ndarray]  # affinities (C,Z,Y,X), boundary (Z,Y,X), maybe predicted_affinities
@@ -60,35 +61,6 @@ def _predicted(predictions: Predictions, key: str) -> np.ndarray:
         raise MelecoleError(f"{key} is 'affinities' but the predictions hold no predicted_affinities "
                             "(train with model.affinity_head: true)")
     return predictions["predicted_affinities"]
-
-
-def resolve_variant(name: str, config: SegmentConfig) -> tuple[str, SegmentConfig]:
-    """The method of a variant name and the config with that variant's input: ``mws-affinities``
-    -> (``mws``, config with ``mws_source: affinities``); plain method names keep the config."""
-    if name in ("agglomeration", "mws", "watershed"):
-        return name, config
-    method, _, source = name.partition("-")
-    if method == "agglomeration" and source in ("affinities", "embedding", "boundary"):
-        return method, config.model_copy(
-            update={"agglomeration": config.agglomeration.model_copy(update={"source": source})})
-    if method == "mws" and source in ("affinities", "embedding"):
-        return method, config.model_copy(update={"mws_source": source})
-    raise MelecoleError(f"unknown segmentation method '{name}'")
-
-
-def variant_name(name: str, config: SegmentConfig) -> str:
-    """The full name of a method or variant: ``agglomeration`` -> ``agglomeration-<source>``."""
-    method, resolved = resolve_variant(name, config)
-    if method == "agglomeration":
-        return f"agglomeration-{resolved.agglomeration.source}"
-    if method == "mws":
-        return f"mws-{resolved.mws_source}"
-    return method
-
-
-def needs_affinity_head(name: str, config: SegmentConfig) -> bool:
-    """Whether a variant reads the affinity head's predictions."""
-    return variant_name(name, config).endswith("-affinities")
 
 
 def run_method(method: str, config: SegmentConfig, predictions: Predictions, threshold: float | None,
@@ -179,12 +151,6 @@ def robust_choice(scores: dict[float, float], margin: float, degenerate: Collect
     return min(scored, key=lambda t: (worst(t), scored[t], scores[t], t))
 
 
-def validated_method(config: SegmentConfig) -> str:
-    """The method scored at every validation during training: ``segment.method``, the configured
-    agglomeration for ``auto``."""
-    return "agglomeration" if config.method == "auto" else config.method
-
-
 def score_on(config: SegmentConfig, volumes: Sequence[Labelled], seed: int = 0) -> Metrics:
     """Validation metrics of the configured method on ``(predictions, labels)`` volumes, pooled
     (the agglomeration's at its best threshold, returned under ``threshold``). ``auto`` scores
@@ -204,54 +170,6 @@ def _stored(container) -> tuple[list[tuple[int, int, int]] | None, float | None]
     offsets, threshold = attrs.get("offsets"), attrs.get("agglomeration_threshold")
     offsets = [tuple(o) for o in (json.loads(offsets) if isinstance(offsets, str) else offsets)] if offsets is not None else None
     return offsets, (float(threshold) if threshold is not None else None)
-
-
-def stored_calibration(attrs) -> dict | None:
-    """The validation calibration ``predict`` copied from the checkpoint, or None (older
-    checkpoints, predictions from elsewhere)."""
-    calibration = attrs.get("calibration")
-    if calibration is None:
-        return None
-    return json.loads(calibration) if isinstance(calibration, str) else dict(calibration)
-
-
-class Knobs:
-    """The agglomeration threshold and Mutex Watershed bias of each variant: the parameters' when
-    set, else the validation calibration's, else (older checkpoints) the one stored threshold for
-    the configured agglomeration and bias 0."""
-
-    def __init__(self, config: SegmentConfig, calibration: dict | None, threshold: float | None):
-        self.config, self.variants, self.threshold = config, (calibration or {}).get("variants", {}), threshold
-        self.choice = (calibration or {}).get("choice")
-
-    def main(self) -> str:
-        """The main result's variant: ``segment.method``, or for ``auto`` the validation choice
-        (the configured agglomeration without one)."""
-        if self.config.method != "auto":
-            return variant_name(self.config.method, self.config)
-        return self.choice or variant_name("agglomeration", self.config)
-
-    def of(self, name: str) -> tuple[float | None, float]:
-        """(threshold, bias) of a variant (its affinity map: :meth:`map_of`)."""
-        full, calibrated = variant_name(name, self.config), self.variants.get(variant_name(name, self.config), {})
-        threshold = self.config.agglomeration.threshold
-        if threshold is None:
-            threshold = calibrated.get("threshold")
-        if threshold is None and full == variant_name("agglomeration", self.config):
-            threshold = self.threshold
-        bias = self.config.mws_bias if self.config.mws_bias is not None else calibrated.get("bias", 0.0)
-        return threshold, float(bias)
-
-    def map_of(self, name: str) -> np.ndarray | None:
-        """The fitted affinity map of a Mutex Watershed variant, or None (the predicted affinities):
-        the calibration's choice under ``mws_map: auto``, never under ``none``."""
-        table = self.variants.get(variant_name(name, self.config), {}).get("map")
-        if self.config.mws_map == "none" or table is None:
-            if self.config.mws_map == "fitted" and resolve_variant(name, self.config)[0] == "mws":
-                raise MelecoleError(f"segment.mws_map is 'fitted' but the predictions carry no affinity map "
-                                    f"fitted on validation for {variant_name(name, self.config)}")
-            return None
-        return map_from_text(table)
 
 
 def _checked_predictions(config: SegmentConfig, path: Path):

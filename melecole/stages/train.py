@@ -44,7 +44,8 @@ from melecole.progress import MetricBuffer, ProgressBar, work_bar
 from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, fingerprint, for_other_ranks, restore
 from melecole.schedule import build_scheduler
 from melecole.stages.calibration import calibrate_variants
-from melecole.stages.segment import Labelled, run_method, score_on, validated_method, variant_name
+from melecole.stages.segment import Labelled, run_method, score_on
+from melecole.stages.variants import validated_method, variant_name
 from melecole.figures import result_image
 from melecole.plots import CurveFiles
 from melecole.tracking import Tracker, run_name, run_tags
