@@ -97,7 +97,7 @@ class LossConfig(_Strict):
     boundary_weight: float = Field(1.0, ge=0)
     affinity_weight: float = Field(1.0, ge=0, description="weight of the affinity BCE when model.affinity_head is on")
     affinity_targets: Literal["labels", "pieces"] = Field(
-        "labels", description="affinity head targets from the patch's labels, or from its connected pieces as the "
+        "pieces", description="affinity head targets from the patch's labels, or from its connected pieces as the "
                               "embedding's instances (pieces of one neuron meeting outside the patch differ)")
 
     @model_validator(mode="after")

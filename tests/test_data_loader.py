@@ -131,3 +131,27 @@ def test_affinity_targets_from_pieces_separate_arms_of_one_neuron_that_meet_outs
     sampler = PatchSampler([(raw, labels)], labels.shape, np.random.default_rng(0), min_labelled=0.0)
     batch = make_batch(sampler, 1, torch.device("cpu"), offsets, affinity_pieces=True)
     assert batch["affinities"][0, 0, 0, 0, 6] == 0.0
+
+
+def test_the_train_stage_passes_its_affinity_target_choice_to_every_batch(tmp_path, monkeypatch):
+    import melecole.training as training
+    from melecole.config import params_from_dict
+    from melecole.io import write_volumes
+    from melecole.stages import train as train_stage
+    from tests.conftest import blocks_volume, tiny_params_dict
+
+    for split, seed in (("train", 0), ("val", 1)):
+        write_volumes(tmp_path / f"{split}.h5", dict(zip(("raw", "labels"), blocks_volume(seed=seed))))
+    seen = []
+    original = training.make_batch
+
+    def spy(sampler, batch_size, device, offsets=None, affinity_pieces=False):
+        seen.append((offsets is not None, affinity_pieces))
+        return original(sampler, batch_size, device, offsets, affinity_pieces)
+
+    monkeypatch.setattr(training, "make_batch", spy)
+    for choice in ("labels", "pieces"):
+        params = params_from_dict(tiny_params_dict(**{"train.steps": 1, "model.affinity_head": True,
+                                                      "train.loss.affinity_targets": choice}))
+        train_stage.train(params, [tmp_path / "train.h5"], [tmp_path / "val.h5"], tmp_path / choice / "model.pt")
+    assert seen == [(True, False), (True, True)]
