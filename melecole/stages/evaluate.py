@@ -33,6 +33,7 @@ from melecole.evaluate.streaming import BLOCK_VOXELS, check_pair, count_pairs
 from melecole.figures import evaluation_image, middle_slice, png_bytes, split_and_merged
 from melecole.io import Volume, VolumeSpec, atomic_output, open_container, open_volume
 from melecole.plots import with_vi_sum
+from melecole.stages.variants import without_map_levels
 from melecole.tracking import Tracker
 
 
@@ -69,11 +70,8 @@ def segmentation_facts(spec: VolumeSpec) -> dict:
         facts["method"] = attrs["method"]
     calibration = attrs.get("calibration")
     if calibration is not None:
-        calibration = json.loads(calibration) if isinstance(calibration, str) else dict(calibration)
-        # A fitted affinity map is 256 levels per offset: named here, not listed.
-        variants = {name: {**scores, **({"map": "fitted"} if "map" in scores else {})}
-                    for name, scores in calibration.get("variants", {}).items()}
-        facts["validation"] = {**calibration, "variants": variants}
+        facts["validation"] = without_map_levels(json.loads(calibration) if isinstance(calibration, str)
+                                                 else dict(calibration))
     return facts
 
 

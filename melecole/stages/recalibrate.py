@@ -21,6 +21,7 @@ from pathlib import Path
 from melecole.checkpoint import load_model, save_checkpoint
 from melecole.config import Params, params_from_dict
 from melecole.errors import MelecoleError
+from melecole.stages.variants import checkpoint_facts
 
 # segment keys that define the search, taken from the parameter file; the rest of the model's
 # segment parameters (offsets, attractive, ...) must stay what its affinities were trained for.
@@ -45,12 +46,8 @@ def recalibrate(params: Params, checkpoint: str | Path, val_files: Sequence[str 
                                                    "seed": params.seed})
     volumes = [load_labelled(path) for path in val_files]
     calibration, final = final_calibration(calibrated_params, model, volumes)
-    updated = {**extra, "calibration": calibration, "val_vi_split": final["vi_split"],
-               "val_vi_merge": final["vi_merge"], "val_arand": final["arand"],
+    updated = {**extra, **checkpoint_facts(calibrated_params.segment, calibration, final),
                "calibrated_on": [str(path) for path in val_files]}
-    configured = calibration["variants"].get(f"agglomeration-{calibrated_params.segment.agglomeration.source}", {})
-    if configured.get("threshold") is not None:
-        updated["agglomeration_threshold"] = configured["threshold"]
     stored = {**stored, "segment": calibrated_params.segment.model_dump(mode="json")}
     save_checkpoint(out, model.cpu(), stored, extra=updated)
     return {"calibration": calibration, "val": final, "volumes": [str(path) for path in val_files]}

@@ -16,6 +16,7 @@ from melecole.data.bundled import REFERENCE_SEGMENTATIONS
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_segmentation
 from melecole.io import VolumeSpec, read_volume
+from melecole.stages.variants import knob_label
 
 # The volume the published rows belong to (``volume`` as evaluate names it).
 REFERENCE_VOLUME = "flyem-fib-small test"
@@ -56,17 +57,9 @@ def volume_sections(path: Path, metrics: dict) -> list[tuple[str | None, dict]]:
     return sections
 
 
-def _knob(scores: dict) -> str:
-    if scores.get("threshold") is not None:
-        return f"threshold {scores['threshold']:g}"
-    if scores.get("bias") is not None:
-        return f"bias {scores['bias']:g}" + (", fitted map" if scores.get("map") else "")
-    return ""
-
-
 def validation_table(calibration: dict) -> str:
     """The pooled validation scores of every calibrated variant at its knob, the choice marked."""
-    rows = {f"{'* ' if name == calibration.get('choice') else '  '}{name} ({_knob(scores)})": scores
+    rows = {f"{'* ' if name == calibration.get('choice') else '  '}{name} ({knob_label(scores)})": scores
             for name, scores in calibration.get("variants", {}).items()}
     return ("pooled validation (knobs chosen here, * = segment.method auto's choice)\n"
             + format_table(rows)) if rows else ""

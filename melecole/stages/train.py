@@ -45,7 +45,7 @@ from melecole.resume import ResumeMode, TrainingParts, collect, find_resumable, 
 from melecole.schedule import build_scheduler
 from melecole.stages.calibration import calibrate_variants
 from melecole.stages.segment import Labelled, run_method, score_on
-from melecole.stages.variants import validated_method, variant_name
+from melecole.stages.variants import checkpoint_facts, validated_method, variant_name
 from melecole.figures import result_image
 from melecole.plots import CurveFiles
 from melecole.tracking import Tracker, run_name, run_tags
@@ -409,11 +409,7 @@ def _finish(params: Params, model: torch.nn.Module, best: dict, result: Training
     # The final score uses the predict stage's settings (test-time augmentation included), so the
     # thresholds and biases chosen here are the ones that fit what `segment` will see.
     calibration, final = final_calibration(params, model, validation)
-    extra = {"best_step": best["step"], "val_vi_split": final["vi_split"], "val_vi_merge": final["vi_merge"],
-             "val_arand": final["arand"], "calibration": calibration}
-    agglomeration = calibration["variants"].get(variant_name("agglomeration", params.segment), {})
-    if agglomeration.get("threshold") is not None:
-        extra["agglomeration_threshold"] = agglomeration["threshold"]
+    extra = {"best_step": best["step"], **checkpoint_facts(params.segment, calibration, final)}
     summary = {"best_step": best["step"], "val": final, "calibration": calibration, "seconds": result.seconds, "device": str(device),
                "processes": ctx.world_size, "resumed_from_step": resumed_from}
     save_checkpoint(checkpoint, model, params_as_dict(params), extra=extra)

@@ -102,3 +102,32 @@ class Knobs:
                                     f"fitted on validation for {variant_name(name, self.config)}")
             return None
         return map_from_text(table)
+
+
+def without_map_levels(calibration: dict) -> dict:
+    """A calibration with each fitted affinity map (256 levels per offset) named ``"fitted"``
+    instead of listed: for metrics files, manifests and cards."""
+    return {**calibration, "variants": {name: {**scores, **({"map": "fitted"} if "map" in scores else {})}
+                                        for name, scores in calibration.get("variants", {}).items()}}
+
+
+def knob_label(scores: dict) -> str:
+    """A variant's knob as a reader sees it: ``threshold 0.35`` or ``bias -0.2, fitted map``."""
+    if scores.get("threshold") is not None:
+        return f"threshold {scores['threshold']:g}"
+    if scores.get("bias") is not None:
+        return f"bias {scores['bias']:g}" + (", fitted map" if scores.get("map") else "")
+    return ""
+
+
+def checkpoint_facts(config: SegmentConfig, calibration: dict, final: dict) -> dict:
+    """What a checkpoint records of its calibration: every variant's knobs and scores, the main
+    method's pooled validation scores, and the configured agglomeration's threshold (read by
+    checkpoints' older users)."""
+    facts = {"val_vi_split": final["vi_split"], "val_vi_merge": final["vi_merge"], "val_arand": final["arand"],
+             "calibration": calibration}
+    threshold = calibration["variants"].get(variant_name("agglomeration", config), {}).get("threshold")
+    if threshold is not None:
+        facts["agglomeration_threshold"] = threshold
+    return facts
+

@@ -70,10 +70,10 @@ def _calibration_lines(calibration: dict | None) -> list[str]:
         return ["- no calibration of the segmentation variants (`melecole recalibrate` adds one)"]
     lines = [f"- segmentation chosen on validation (`segment.method: auto`): {calibration['choice']}; every variant "
              "at its knob, pooled validation VI split / merge (sum):"]
+    from melecole.stages.variants import knob_label
+
     for name, scores in calibration["variants"].items():
-        knob = (f"threshold {scores['threshold']:g}" if scores.get("threshold") is not None
-                else f"bias {scores.get('bias', 0):g}" + (", fitted map" if scores.get("map") else ""))
-        lines.append(f"  - {name} ({knob}): {scores['vi_split']:.4f} / {scores['vi_merge']:.4f} "
+        lines.append(f"  - {name} ({knob_label(scores)}): {scores['vi_split']:.4f} / {scores['vi_merge']:.4f} "
                      f"({scores['vi_split'] + scores['vi_merge']:.4f})")
     return lines
 
@@ -113,21 +113,13 @@ def _card(manifest: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _calibration_summary(calibration: dict | None) -> dict | None:
-    """The checkpoint's calibration without the fitted maps' levels (they stay in the checkpoint)."""
-    if not calibration:
-        return None
-    return {"choice": calibration["choice"],
-            "variants": {name: {**scores, **({"map": "fitted"} if "map" in scores else {})}
-                         for name, scores in calibration["variants"].items()}}
-
-
 def add_to_zoo(checkpoint: str | Path, name: str, version: int, description: str,
                metrics_file: str | Path | None = None, commit: str | None = None,
                root: str | Path = ZOO_ROOT, bundled_root: str | Path = "datasets") -> Path:
     """Copies ``checkpoint`` into ``root/<name>/`` with its manifest and model card; returns the folder."""
     from melecole.checkpoint import read_checkpoint
     from melecole.data.download import sha256sum
+    from melecole.stages.variants import without_map_levels
 
     state = read_checkpoint(checkpoint)
     params, extra = state["params"], state["extra"]
@@ -158,7 +150,8 @@ def add_to_zoo(checkpoint: str | Path, name: str, version: int, description: str
                 "validation": {"vi_split": extra["val_vi_split"], "vi_merge": extra["val_vi_merge"],
                                "arand": extra.get("val_arand")},
                 "test": test,
-                "calibration": _calibration_summary(extra.get("calibration")),
+                # The fitted maps' levels stay in the checkpoint.
+                "calibration": without_map_levels(extra["calibration"]) if extra.get("calibration") else None,
                 "check": {"volume": CHECK_VOLUME, "tolerance": 0.01, "scores": check_score(target, bundled_root)}}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
     (folder / "MODEL_CARD.md").write_text(_card(manifest))
