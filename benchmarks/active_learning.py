@@ -123,8 +123,10 @@ def test_scores(params, checkpoint: Path, test) -> dict:
                                             cfg.affinity, embedding=False))
     # As `segment` does: the method chosen on validation (auto) with its calibrated knob.
     knobs = Knobs(params.segment, facts.get("calibration"), facts.get("agglomeration_threshold"))
-    threshold, bias = knobs.of(knobs.main())
-    segmentation = run_method(knobs.main(), params.segment, predictions, threshold, params.seed, bias=bias)
+    main = knobs.main()
+    threshold, bias = knobs.of(main)
+    segmentation = run_method(main, knobs.config_of(main), predictions, threshold, params.seed, bias=bias,
+                              affinity_map=knobs.map_of(main))
     metrics = evaluate_pooled([(segmentation, labels)])
     return {"vi_split": metrics["vi_split"], "vi_merge": metrics["vi_merge"],
             "vi_sum": metrics["vi_split"] + metrics["vi_merge"]}

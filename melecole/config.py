@@ -228,6 +228,21 @@ class WatershedConfig(_Strict):
     min_size: int = Field(50, ge=0)
 
 
+class StrideChoice(_Strict):
+    """Which repulsive edges the Mutex Watershed keeps: those on a ``strides`` grid, or (``randomize``)
+    each with probability ``1 / prod(strides)``."""
+
+    strides: Triple = (1, 1, 1)
+    randomize: bool = False
+
+    @field_validator("strides")
+    @classmethod
+    def _positive(cls, strides: Triple) -> Triple:
+        if min(strides) < 1:
+            raise ValueError(f"strides must be positive, got {list(strides)}")
+        return strides
+
+
 SegmentMethod = Literal["agglomeration", "mws", "watershed"]
 # A method with its input: agglomeration / mws on the affinity head ("-affinities") or on the
 # embedding's affinities ("-embedding"); the plain method names take their source from
@@ -278,10 +293,22 @@ class SegmentConfig(_Strict):
     mws_bias_margin: float = Field(
         0.05, ge=0, lt=1, description="robust choice of the bias: the candidate whose worst VI sum within +-margin is "
                                      "lowest; 0 = plain minimum")
-    strides: Triple = (1, 1, 1)
-    randomize_strides: bool = False
+    strides: Triple = Field((1, 1, 1), description="Mutex Watershed: repulsive edges kept on this (z, y, x) grid "
+                                                   "when mws_stride_candidates is empty")
+    randomize_strides: bool = Field(False, description="keep each repulsive edge with probability 1 / prod(strides) "
+                                                      "instead of on a grid")
+    mws_stride_candidates: list[StrideChoice] = Field(
+        [StrideChoice(strides=(1, 1, 1)), StrideChoice(strides=(2, 2, 2)),
+         StrideChoice(strides=(2, 2, 2), randomize=True)],
+        description="repulsive-edge strides tried on validation for each mws variant after its bias (stored in the "
+                    "checkpoint, used by segment); [] = strides and randomize_strides as set")
     foreground_threshold: float = Field(1.0, gt=0, le=1, description="voxels with boundary prob >= this are background; 1 disables")
-    min_size: int = Field(50, ge=0)
+    min_size: int = Field(50, ge=0, description="segments smaller than this merge into their largest-contact "
+                                                "neighbour (when min_size_candidates is empty or nothing was calibrated)")
+    min_size_candidates: list[int] = Field(
+        [25, 50, 100, 200, 400, 800],
+        description="size filters tried on validation, with min_size, for each calibrated variant after its "
+                    "threshold or bias (stored in the checkpoint, used by segment); [] = min_size as set")
     agglomeration: AgglomerationConfig = AgglomerationConfig()
     watershed: WatershedConfig = WatershedConfig()
 
@@ -290,6 +317,13 @@ class SegmentConfig(_Strict):
     def _increasing_biases(cls, candidates: list[float]) -> list[float]:
         if sorted(candidates) != candidates or not all(-1 <= c <= 1 for c in candidates):
             raise ValueError(f"biases must be increasing and inside [-1, 1], got {candidates}")
+        return candidates
+
+    @field_validator("min_size_candidates")
+    @classmethod
+    def _sizes(cls, candidates: list[int]) -> list[int]:
+        if any(c < 0 for c in candidates) or len(set(candidates)) != len(candidates):
+            raise ValueError(f"size filters must be distinct and >= 0, got {candidates}")
         return candidates
 
     @field_validator("offsets")

@@ -34,6 +34,10 @@ def _too_repulsive(labels: np.ndarray, offsets) -> np.ndarray:
     return decode(encode("affinities", affinities))
 
 
+def _mws_knobs(bias, map_="none", strides=(1, 1, 1), randomize=False, min_size=0) -> dict:
+    return {"bias": bias, "map": map_, "strides": list(strides), "randomize_strides": randomize, "min_size": min_size}
+
+
 def _vi_sum(segmentation, labels) -> float:
     scores = evaluate_segmentation(segmentation, labels)
     return scores["vi_split"] + scores["vi_merge"]
@@ -138,12 +142,12 @@ def test_auto_segments_with_the_stored_choice_and_every_baseline_with_its_own_kn
     predictions, labels = _stored_predictions(tmp_path / "pred.h5", config, calibration)
     figures = segment(config, tmp_path / "pred.h5", tmp_path / "seg.h5")
 
-    assert figures["method"] == "mws-embedding" and figures["knobs"]["mws-embedding"] == {"bias": 0.3, "map": "none"}
+    assert figures["method"] == "mws-embedding" and figures["knobs"]["mws-embedding"] == _mws_knobs(0.3)
     main = read_volume(f"{tmp_path / 'seg.h5'}:segmentation")
     np.testing.assert_array_equal(main, run_method("mws-embedding", config, predictions, None, bias=0.3))
     assert _vi_sum(main, labels) == pytest.approx(0.0, abs=1e-9)
-    assert figures["knobs"]["mws-affinities"] == {"bias": -0.1, "map": "none"}
-    assert figures["knobs"]["agglomeration-embedding"] == {"threshold": 0.6}
+    assert figures["knobs"]["mws-affinities"] == _mws_knobs(-0.1)
+    assert figures["knobs"]["agglomeration-embedding"] == {"threshold": 0.6, "min_size": 0}
     np.testing.assert_array_equal(read_volume(f"{tmp_path / 'seg.h5'}:agglomeration-embedding"),
                                   run_method("agglomeration-embedding", config, predictions, 0.6))
     with open_container(tmp_path / "seg.h5") as container:  # the main result is not written twice
@@ -153,7 +157,7 @@ def test_auto_segments_with_the_stored_choice_and_every_baseline_with_its_own_kn
 
     # A bias in the parameters wins over the stored one; an explicit method over the stored choice.
     unbiased = segment(config.model_copy(update={"mws_bias": 0.0}), tmp_path / "pred.h5", tmp_path / "seg0.h5")
-    assert unbiased["knobs"]["mws-embedding"] == {"bias": 0.0, "map": "none"}
+    assert unbiased["knobs"]["mws-embedding"] == _mws_knobs(0.0)
     assert evaluate_segmentation(read_volume(f"{tmp_path / 'seg0.h5'}:segmentation"), labels)["vi_split"] > 1.0
     explicit = segment(config.model_copy(update={"method": "watershed", "baselines": []}),
                        tmp_path / "pred.h5", tmp_path / "seg1.h5")
@@ -201,7 +205,7 @@ def test_the_fitted_map_is_kept_when_it_scores_better_on_validation_and_segment_
     calibration = {"choice": "mws-embedding", "variants": {"mws-embedding": fitted}}
     predictions, _ = _stored_predictions(tmp_path / "pred.h5", config, calibration)
     figures = segment(config.model_copy(update={"baselines": []}), tmp_path / "pred.h5", tmp_path / "seg.h5")
-    assert figures["knobs"]["mws-embedding"] == {"bias": fitted["bias"], "map": "fitted"}
+    assert figures["knobs"]["mws-embedding"] == _mws_knobs(fitted["bias"], "fitted")
     np.testing.assert_array_equal(read_volume(f"{tmp_path / 'seg.h5'}:segmentation"),
                                   run_method("mws-embedding", config, predictions, None, bias=fitted["bias"],
                                              affinity_map=table))

@@ -10,6 +10,11 @@ volumes, robustly (:func:`melecole.stages.segment.robust_choice`):
   per-offset map ``P(one object | affinity)`` fitted on the same volumes
   (:mod:`melecole.segment.affinity_map`, ``mws_map``); the better of the two is kept.
 
+Then, one knob at a time at the choices before it: each ``mws-`` variant's repulsive-edge
+strides among ``mws_stride_candidates`` (every edge, a grid, at random), and every variant's size
+filter among ``min_size_candidates`` and ``min_size`` (an empty list keeps the parameters' ``strides`` and
+``min_size``). These are plain minima: the candidates are few and not ordered along one scale.
+
 A knob whose result collapses into one dominant segment on some volume is never chosen while
 another is left (:func:`melecole.stages.segment.robust_choice`).
 
@@ -19,9 +24,10 @@ segments with. No test volume is seen. The result is a plain dict, stored in the
 copied by ``predict`` into the predictions' attributes::
 
     {"choice": "agglomeration-affinities",
-     "variants": {"agglomeration-affinities": {"threshold": 0.35, "vi_split": ..., "vi_merge": ...,
-                                               "arand": ..., "vi_sum": ...},
-                  "mws-embedding": {"bias": 0.4, "map": ["00000305...", ...], ...}, ...}}
+     "variants": {"agglomeration-affinities": {"threshold": 0.35, "min_size": 100, "vi_split": ...,
+                                               "vi_merge": ..., "arand": ..., "vi_sum": ...},
+                  "mws-embedding": {"bias": 0.4, "map": ["00000305...", ...], "strides": [2, 2, 2],
+                                    "randomize_strides": true, "min_size": 400, ...}, ...}}
 """
 
 from __future__ import annotations
@@ -34,7 +40,8 @@ from melecole.config import SegmentConfig
 from melecole.errors import MelecoleError
 from melecole.evaluate import evaluate_pooled
 from melecole.plots import with_vi_sum
-from melecole.segment.affinity_map import fit_affinity_map, map_as_text
+from melecole.segment.affinity_map import fit_affinity_map, map_as_text, map_from_text
+from melecole.segment.postprocess import merge_small_segments
 from melecole.stages.segment import Labelled, Metrics, calibrate, dominated, robust_choice, run_method
 from melecole.stages.variants import needs_affinity_head, resolve_variant
 
@@ -77,6 +84,66 @@ def calibrate_mutex(config: SegmentConfig, volumes: Sequence[Labelled], seed: in
     return {"bias": bias, **with_vi_sum(metrics), **({"map": map_as_text(table)} if table is not None else {})}
 
 
+def _lowest(table: dict, degenerate: set) -> object:
+    """The candidate with the lowest VI sum, collapsed ones only when nothing else is left;
+    ties go to the earlier candidate."""
+    order = list(table)
+    return min(order, key=lambda k: (k in degenerate, table[k]["vi_split"] + table[k]["vi_merge"], order.index(k)))
+
+
+def unfiltered(name: str, config: SegmentConfig, volumes: Sequence[Labelled], knobs: dict,
+               seed: int = 0) -> list[np.ndarray]:
+    """The segmentations of a variant at its calibrated knobs, before the size filter."""
+    method, resolved = resolve_variant(name, config)
+    resolved = resolved.model_copy(update={"min_size": 0})
+    if method == "agglomeration":
+        return [run_method(method, resolved, predictions, knobs["threshold"], seed) for predictions, _ in volumes]
+    if "strides" in knobs:
+        resolved = resolved.model_copy(update={"strides": tuple(knobs["strides"]),
+                                               "randomize_strides": knobs["randomize_strides"]})
+    table = map_from_text(knobs["map"]) if "map" in knobs else None
+    return [run_method(method, resolved, predictions, None, seed, bias=knobs["bias"], affinity_map=table)
+            for predictions, _ in volumes]
+
+
+def calibrate_strides(name: str, config: SegmentConfig, volumes: Sequence[Labelled], knobs: dict,
+                      seed: int = 0) -> dict:
+    """A Mutex Watershed variant's repulsive-edge strides chosen among ``mws_stride_candidates``
+    at its bias and map (filtered at ``min_size``); ``knobs`` with ``strides``,
+    ``randomize_strides`` and the metrics of that choice (unchanged for no candidates)."""
+    if not config.mws_stride_candidates:
+        return knobs
+    table, degenerate = {}, set()
+    for choice in config.mws_stride_candidates:
+        tried = {**knobs, "strides": list(choice.strides), "randomize_strides": choice.randomize}
+        segmentations = [merge_small_segments(s, config.min_size)
+                         for s in unfiltered(name, config, volumes, tried, seed)]
+        table[(choice.strides, choice.randomize)] = evaluate_pooled(
+            [(segmentation, labels) for segmentation, (_, labels) in zip(segmentations, volumes)])
+        if dominated(segmentations):
+            degenerate.add((choice.strides, choice.randomize))
+    strides, randomize = _lowest(table, degenerate)
+    return {**knobs, "strides": list(strides), "randomize_strides": randomize, **with_vi_sum(table[(strides, randomize)])}
+
+
+def calibrate_size(name: str, config: SegmentConfig, volumes: Sequence[Labelled], knobs: dict,
+                   seed: int = 0) -> dict:
+    """A variant's size filter chosen among ``min_size_candidates`` and ``min_size`` (so never
+    worse on validation than the parameters' filter) at its other knobs; ``knobs`` with
+    ``min_size`` and the metrics of that choice (unchanged for no candidates)."""
+    if not config.min_size_candidates:
+        return knobs
+    raw = unfiltered(name, config, volumes, knobs, seed)
+    table, degenerate = {}, set()
+    for size in sorted({*config.min_size_candidates, config.min_size}):
+        segmentations = [merge_small_segments(s, size) for s in raw]
+        table[size] = evaluate_pooled([(s, labels) for s, (_, labels) in zip(segmentations, volumes)])
+        if dominated(segmentations):
+            degenerate.add(size)
+    size = _lowest(table, degenerate)
+    return {**knobs, "min_size": int(size), **with_vi_sum(table[size])}
+
+
 def calibrate_variants(config: SegmentConfig, volumes: Sequence[Labelled], seed: int = 0,
                        also: Sequence[str] = ()) -> dict:
     """Every variant of ``config.choices`` calibrated on ``(predictions, labels)`` volumes, and
@@ -103,8 +170,9 @@ def calibrate_variants(config: SegmentConfig, volumes: Sequence[Labelled], seed:
             else:
                 metrics = evaluate_pooled([(run_method(method, resolved, predictions, threshold, seed), labels)
                                            for predictions, labels in volumes])
-            variants[name] = {"threshold": threshold, **with_vi_sum(metrics)}
+            knobs = {"threshold": threshold, **with_vi_sum(metrics)}
         else:
-            variants[name] = calibrate_mutex(resolved, volumes, seed)
+            knobs = calibrate_strides(name, config, volumes, calibrate_mutex(resolved, volumes, seed), seed)
+        variants[name] = calibrate_size(name, config, volumes, knobs, seed)
     choice = min(names, key=lambda name: (variants[name]["vi_sum"], names.index(name)))
     return {"choice": choice, "variants": variants}

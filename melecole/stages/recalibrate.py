@@ -3,7 +3,8 @@
 ``melecole recalibrate --checkpoint zoo:flyem-fib --val my-block.h5 --out my-model.pt`` predicts
 each labelled volume (datasets ``raw`` and ``labels``) with the checkpoint, calibrates every
 variant of ``segment.choices`` on them pooled (:mod:`melecole.stages.calibration`: the
-agglomeration thresholds, the Mutex Watershed's bias and affinity map, the choice among them)
+agglomeration thresholds, the Mutex Watershed's bias, affinity map and strides, every size filter, the
+choice among them)
 and writes a copy of the checkpoint that carries the new calibration; ``predict`` and ``segment``
 then use it. The weights are unchanged. This is how a pretrained model is fitted to a new
 acquisition when a small labelled block exists but training is out of reach, and how a
@@ -26,7 +27,8 @@ from melecole.stages.variants import checkpoint_facts
 # segment keys that define the search, taken from the parameter file; the rest of the model's
 # segment parameters (offsets, attractive, ...) must stay what its affinities were trained for.
 SEARCH_KEYS = ("method", "choices", "baselines", "mws_bias", "mws_map", "mws_bias_candidates", "mws_bias_margin",
-               "min_size", "agglomeration")
+               "strides", "randomize_strides", "mws_stride_candidates", "min_size", "min_size_candidates",
+               "agglomeration")
 
 
 def recalibrate(params: Params, checkpoint: str | Path, val_files: Sequence[str | Path], out: str | Path) -> dict:

@@ -222,6 +222,7 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
         if config.method == "auto" and main != variant_name("agglomeration", config):
             raise MelecoleError(f"segment --blockwise runs the agglomeration, but segment.method 'auto' chose "
                                 f"'{main}' on validation; set segment.method: agglomeration to segment blockwise")
+        config = knobs.config_of(main)
         if config.method == "auto":
             config = config.model_copy(update={"method": "agglomeration"})
         return _segment_blockwise(config, container, path, Path(out), threshold, scheduling, block, context, chunks)
@@ -238,11 +239,11 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
             continue
         start = time.perf_counter()
         name_threshold, name_bias = knobs.of(name)
-        affinity_map = knobs.map_of(name)
+        affinity_map, name_config = knobs.map_of(name), knobs.config_of(name)
         outputs["segmentation" if name == main else name] = run_method(
-            name, config, predictions, name_threshold, seed, bias=name_bias, affinity_map=affinity_map)
+            name, name_config, predictions, name_threshold, seed, bias=name_bias, affinity_map=affinity_map)
         seconds[name] = round(time.perf_counter() - start, 3)
-        used[name] = _used_knobs(name, config, name_threshold, name_bias, affinity_map is not None)
+        used[name] = _used_knobs(name, name_config, name_threshold, name_bias, affinity_map is not None)
     attrs = {"source": str(path), "method": main, "method_setting": config.method,
              "baselines": json.dumps([b for b in baselines if b in outputs]), "knobs": json.dumps(used)}
     if knobs.variants:
@@ -260,8 +261,10 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
 
 def _used_knobs(name: str, config: SegmentConfig, threshold: float | None, bias: float, fitted: bool) -> dict:
     method, _ = resolve_variant(name, config)
-    return {"agglomeration": {"threshold": threshold},
-            "mws": {"bias": bias, "map": "fitted" if fitted else "none"}}.get(method, {})
+    return {"agglomeration": {"threshold": threshold, "min_size": config.min_size},
+            "mws": {"bias": bias, "map": "fitted" if fitted else "none", "strides": list(config.strides),
+                    "randomize_strides": config.randomize_strides, "min_size": config.min_size},
+            "watershed": {"min_size": config.watershed.min_size}}.get(method, {})
 
 
 # Peak memory of one segment worker per voxel of its block (context of 8 voxels included):

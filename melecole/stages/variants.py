@@ -4,9 +4,9 @@ A variant names a method and the affinities it reads: ``agglomeration-affinities
 head's nearest neighbours), ``agglomeration-embedding``, ``agglomeration-boundary``,
 ``mws-embedding``, ``mws-affinities``, ``watershed``; the plain names ``agglomeration`` and
 ``mws`` take their input from ``segment.agglomeration.source`` and ``segment.mws_source``.
-:class:`Knobs` gives each variant the threshold, bias and affinity map it runs with: the
-parameters' when set, else the validation calibration ``predict`` copied from the checkpoint
-(:mod:`melecole.stages.calibration`).
+:class:`Knobs` gives each variant the threshold, bias, affinity map, strides and size filter it
+runs with: the parameters' when set, else the validation calibration ``predict`` copied from the
+checkpoint (:mod:`melecole.stages.calibration`).
 """
 
 from __future__ import annotations
@@ -92,6 +92,17 @@ class Knobs:
         bias = self.config.mws_bias if self.config.mws_bias is not None else calibrated.get("bias", 0.0)
         return threshold, float(bias)
 
+    def config_of(self, name: str) -> SegmentConfig:
+        """The segment parameters a variant runs with: the calibration's size filter (and, for a
+        Mutex Watershed, strides) where the parameters list candidates for them, else the
+        parameters' ``min_size`` / ``strides`` as set."""
+        calibrated, update = self.variants.get(variant_name(name, self.config), {}), {}
+        if self.config.min_size_candidates and "min_size" in calibrated:
+            update["min_size"] = int(calibrated["min_size"])
+        if self.config.mws_stride_candidates and "strides" in calibrated:
+            update.update(strides=tuple(calibrated["strides"]), randomize_strides=bool(calibrated["randomize_strides"]))
+        return self.config.model_copy(update=update)
+
     def map_of(self, name: str) -> np.ndarray | None:
         """The fitted affinity map of a Mutex Watershed variant, or None (the predicted affinities):
         the calibration's choice under ``mws_map: auto``, never under ``none``."""
@@ -112,12 +123,19 @@ def without_map_levels(calibration: dict) -> dict:
 
 
 def knob_label(scores: dict) -> str:
-    """A variant's knob as a reader sees it: ``threshold 0.35`` or ``bias -0.2, fitted map``."""
+    """A variant's knobs as a reader sees them: ``threshold 0.35, size 100`` or ``bias -0.2,
+    fitted map, strides 2x2x2 random, size 400``."""
+    parts = []
     if scores.get("threshold") is not None:
-        return f"threshold {scores['threshold']:g}"
-    if scores.get("bias") is not None:
-        return f"bias {scores['bias']:g}" + (", fitted map" if scores.get("map") else "")
-    return ""
+        parts.append(f"threshold {scores['threshold']:g}")
+    elif scores.get("bias") is not None:
+        parts.append(f"bias {scores['bias']:g}" + (", fitted map" if scores.get("map") else ""))
+    strides = scores.get("strides")
+    if strides is not None and (max(strides) > 1 or scores.get("randomize_strides")):
+        parts.append("strides " + "x".join(str(s) for s in strides) + (" random" if scores.get("randomize_strides") else ""))
+    if scores.get("min_size") is not None:
+        parts.append(f"size {scores['min_size']}")
+    return ", ".join(parts)
 
 
 def checkpoint_facts(config: SegmentConfig, calibration: dict, final: dict) -> dict:
