@@ -99,6 +99,10 @@ class LossConfig(_Strict):
     affinity_targets: Literal["labels", "pieces"] = Field(
         "pieces", description="affinity head targets from the patch's labels, or from its connected pieces as the "
                               "embedding's instances (pieces of one neuron meeting outside the patch differ)")
+    inter_pairs: Literal["all", "other_labels"] = Field(
+        "all", description="pairs of the patch's connected pieces the embedding loss pushes apart: all, or only "
+                           "pieces of different labels (pieces of one neuron meeting outside the patch are then "
+                           "neither pulled nor pushed)")
 
     @model_validator(mode="after")
     def _margins(self) -> LossConfig:

@@ -125,8 +125,9 @@ def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int
     voxel pairs for the contrastive loss.
 
     Returns:
-        raw (B, 1, Z, Y, X) float32, instances (B, Z, Y, X) int64 (0 = ignore),
-        boundary (B, 1, Z, Y, X) float32 and, when ``offsets`` are given, affinities and
+        raw (B, 1, Z, Y, X) float32, instances (B, Z, Y, X) int64 (0 = ignore), labels
+        (B, Z, Y, X) int64 (the ground truth the instances were cut from), boundary
+        (B, 1, Z, Y, X) float32 and, when ``offsets`` are given, affinities and
         affinity_mask (B, C, Z, Y, X) float32. From a ViewSampler also view (B, 1, Z, Y, X),
         index / view_index (B, N) int64 flat voxel indices, pair_labels (B, N) int64 (one id per
         neuron and sample, unique across the batch), pair_identity (B, N, 2) int64 (the training
@@ -134,7 +135,7 @@ def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int
     """
     if isinstance(sampler, LoaderFeed):
         return sampler.next_batch(device)
-    raws, instances, boundaries, affs, masks = [], [], [], [], []
+    raws, instances, labelled, boundaries, affs, masks = [], [], [], [], [], []
     views, pair_sets = [], []
     for _ in range(batch_size):
         if isinstance(sampler, ViewSampler):
@@ -146,6 +147,7 @@ def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int
             raw, labels = sampler.sample()
         raws.append(raw)
         instances.append(patch_instances(labels))
+        labelled.append(labels)
         boundaries.append(boundary_map(labels))
         if offsets:
             target, mask = affinity_targets(instances[-1] if affinity_pieces else labels, offsets)
@@ -154,6 +156,7 @@ def make_batch(sampler: PatchSampler | LoaderFeed | ViewSampler, batch_size: int
     batch = {
         "raw": torch.from_numpy(np.stack(raws)[:, None]).to(device),
         "instances": torch.from_numpy(np.stack(instances).astype(np.int64)).to(device),
+        "labels": torch.from_numpy(np.stack(labelled).astype(np.int64)).to(device),
         "boundary": torch.from_numpy(np.stack(boundaries)[:, None].astype(np.float32)).to(device),
     }
     if offsets:

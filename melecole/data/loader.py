@@ -44,8 +44,8 @@ def patch_targets(raw: np.ndarray, labels: np.ndarray, boundary_width: int = 1,
 
     Returns:
         raw (1, Z, Y, X) float32, instances (Z, Y, X) int64 (connected pieces, 0 = ignore),
-        boundary (1, Z, Y, X) float32; with ``offsets`` also affinities and affinity_mask
-        (C, Z, Y, X) float32.
+        labels (Z, Y, X) int64 (the ground truth), boundary (1, Z, Y, X) float32; with
+        ``offsets`` also affinities and affinity_mask (C, Z, Y, X) float32.
     """
     if raw.shape != labels.shape:
         raise ValueError(f"raw {raw.shape} and labels {labels.shape} differ in shape")
@@ -53,6 +53,7 @@ def patch_targets(raw: np.ndarray, labels: np.ndarray, boundary_width: int = 1,
     sample = {
         "raw": torch.from_numpy(np.ascontiguousarray(raw, dtype=np.float32)[None]),
         "instances": torch.from_numpy(instances),
+        "labels": torch.from_numpy(labels.astype(np.int64)),
         "boundary": torch.from_numpy(boundary_map(labels, boundary_width)[None]),
     }
     if offsets is not None:
@@ -164,8 +165,8 @@ def collate_patches(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
 def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, prefetch: int = 2) -> DataLoader:
     """A DataLoader whose workers are forked (sharing the volumes) when the platform allows.
 
-    Batches are dicts of stacked tensors: raw (B, 1, Z, Y, X), instances (B, Z, Y, X),
-    boundary (B, 1, Z, Y, X).
+    Batches are dicts of stacked tensors: raw (B, 1, Z, Y, X), instances and labels
+    (B, Z, Y, X), boundary (B, 1, Z, Y, X).
     """
     options: dict = {"collate_fn": collate_patches}
     if workers > 0:

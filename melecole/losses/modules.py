@@ -8,6 +8,8 @@ from torch import nn
 from melecole.losses.boundary import boundary_bce
 from melecole.losses.discriminative import NORMS, discriminative_loss
 
+INTER_PAIRS = ("all", "other_labels")
+
 
 class EmbeddingLoss(nn.Module):
     """Discriminative embedding loss plus weighted class-balanced boundary BCE.
@@ -23,6 +25,10 @@ class EmbeddingLoss(nn.Module):
         norm: ``"l1"`` or ``"l2"``.
         boundary_weight: weight of :func:`~melecole.losses.boundary.boundary_bce`; with 0 the
             model's ``"boundary"`` output may be absent.
+        inter_pairs: ``"all"`` pushes every pair of the patch's connected pieces apart;
+            ``"other_labels"`` only pairs of pieces with different ground-truth labels (pieces of
+            one neuron that meet outside the patch are then neither pulled nor pushed), and
+            :meth:`forward` needs the labels.
     """
 
     def __init__(
@@ -34,10 +40,13 @@ class EmbeddingLoss(nn.Module):
         gamma: float = 0.001,
         norm: str = "l2",
         boundary_weight: float = 1.0,
+        inter_pairs: str = "all",
     ) -> None:
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got '{norm}'")
+        if inter_pairs not in INTER_PAIRS:
+            raise ValueError(f"inter_pairs must be one of {INTER_PAIRS}, got '{inter_pairs}'")
         negative = {k: v for k, v in dict(delta_v=delta_v, delta_d=delta_d, alpha=alpha, beta=beta,
                                           gamma=gamma, boundary_weight=boundary_weight).items() if v < 0}
         if negative:
@@ -49,9 +58,11 @@ class EmbeddingLoss(nn.Module):
         self.gamma = float(gamma)
         self.norm = norm
         self.boundary_weight = float(boundary_weight)
+        self.inter_pairs = inter_pairs
 
     def forward(
-        self, outputs: dict[str, torch.Tensor], instances: torch.Tensor, boundary: torch.Tensor
+        self, outputs: dict[str, torch.Tensor], instances: torch.Tensor, boundary: torch.Tensor,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Computes the total loss and its parts.
 
@@ -60,15 +71,22 @@ class EmbeddingLoss(nn.Module):
                 (B, 1, Z, Y, X) logits.
             instances: (B, Z, Y, X) int64 instance ids, 0 = ignore.
             boundary: (B, 1, Z, Y, X) float boundary targets.
+            labels: (B, Z, Y, X) ground-truth labels the instances were cut from; needed (and
+                used) only with ``inter_pairs="other_labels"``.
 
         Returns:
             Scalars ``{"loss", "intra", "inter", "reg", "boundary"}``; ``"loss"`` is the total.
         """
         if "embedding" not in outputs:
             raise ValueError(f"model outputs {sorted(outputs)} lack 'embedding'")
+        groups = None
+        if self.inter_pairs == "other_labels":
+            if labels is None:
+                raise ValueError("inter_pairs 'other_labels' needs the patch's labels, got none")
+            groups = labels
         parts = discriminative_loss(
             outputs["embedding"], instances, delta_v=self.delta_v, delta_d=self.delta_d,
-            alpha=self.alpha, beta=self.beta, gamma=self.gamma, norm=self.norm,
+            alpha=self.alpha, beta=self.beta, gamma=self.gamma, norm=self.norm, groups=groups,
         )
         if "boundary" in outputs:
             bce = boundary_bce(outputs["boundary"], boundary)
@@ -86,7 +104,8 @@ class EmbeddingLoss(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"delta_v={self.delta_v}, delta_d={self.delta_d}, alpha={self.alpha}, beta={self.beta}, "
-                f"gamma={self.gamma}, norm='{self.norm}', boundary_weight={self.boundary_weight}")
+                f"gamma={self.gamma}, norm='{self.norm}', boundary_weight={self.boundary_weight}, "
+                f"inter_pairs='{self.inter_pairs}'")
 
 
 class MultitaskLoss(nn.Module):
@@ -113,10 +132,11 @@ class MultitaskLoss(nn.Module):
 
         Args:
             outputs: the model's output; ``"affinities"`` (B, C, Z, Y, X) logits is optional.
-            batch: ``"instances"`` (B, Z, Y, X), ``"boundary"`` (B, 1, Z, Y, X) and, with an
+            batch: ``"instances"`` (B, Z, Y, X), ``"boundary"`` (B, 1, Z, Y, X), ``"labels"``
+                (B, Z, Y, X) when the embedding loss pushes only other labels apart and, with an
                 affinity head, ``"affinities"`` and ``"affinity_mask"`` (B, C, Z, Y, X).
         """
-        terms = self.embedding_loss(outputs, batch["instances"], batch["boundary"])
+        terms = self.embedding_loss(outputs, batch["instances"], batch["boundary"], batch.get("labels"))
         if "affinities" in outputs:
             if "affinities" not in batch:
                 raise ValueError("the model predicts affinities but the batch carries no affinity targets")

@@ -268,7 +268,8 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     loss = cfg.loss
     loss_fn = MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
                                           beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
-                                          boundary_weight=loss.boundary_weight), loss.affinity_weight)
+                                          boundary_weight=loss.boundary_weight, inter_pairs=loss.inter_pairs),
+                            loss.affinity_weight)
     if plan is not None:
         loss_fn = ContrastiveObjective(loss_fn, contrastive.temperature, plan)
     params_dict = params_as_dict(params)
