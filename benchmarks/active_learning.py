@@ -17,7 +17,8 @@ pool, 150..200 validation, 200..250 test) or ``synthetic`` (three generator volu
 on tiny synthetic volumes, for the test suite.
 
 Usage: python benchmarks/active_learning.py [--source flyem-fib-medulla] [--steps 300] [--rounds 4]
-       [--initial 2] [--per-round 2] [--seeds 3] [--score tta-disagreement] [--out outputs/active-learning]
+       [--initial 2] [--per-round 2] [--seeds 3] [--score tta-disagreement] [--threads N]
+       [--out outputs/active-learning]
 Prints one JSON object (also OUT/active_learning.json) and writes OUT/active_learning.png.
 """
 
@@ -51,14 +52,12 @@ SMOKE = {  # a base-2 U-Net without normalisation on 16^3 tiles: seconds per tra
 
 
 def load_settings(args: argparse.Namespace):
-    from melecole.config import load_params, params_as_dict, params_from_dict
+    from melecole.config import load_params, params_as_dict, params_from_dict, read_yaml
     from melecole.experiments import merge
 
     base = params_as_dict(load_params(args.params)) if Path(args.params).is_file() else {}
-    if args.experiment:
-        from melecole.config import read_yaml
-
-        base = merge(base, read_yaml(args.experiment, "experiment file"))
+    for experiment in args.experiment:
+        base = merge(base, read_yaml(experiment, "experiment file"))
     if args.smoke:
         base = merge(base, SMOKE)
     base = merge(base, {"tracking": {"enabled": False},
@@ -218,7 +217,9 @@ def main() -> None:
     parser.add_argument("--source", default="flyem-fib-medulla", choices=("flyem-fib-medulla", "synthetic"),
                         help="labelled volume cut into pool, validation and test (default: flyem-fib-medulla)")
     parser.add_argument("--params", default="params.yaml", help="parameter file (default: params.yaml)")
-    parser.add_argument("--experiment", help="overrides merged on top, e.g. experiments/synthetic.yaml (default: none)")
+    parser.add_argument("--experiment", action="append", default=[],
+                        help="overrides merged on top in the order given, e.g. experiments/synthetic.yaml; "
+                             "repeatable (default: none)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per model (default: 300)")
     parser.add_argument("--rounds", type=int, default=4, help="selection rounds after the initial set (default: 4)")
     parser.add_argument("--initial", type=int, default=2, help="random blocks labelled first (default: 2)")
@@ -231,6 +232,8 @@ def main() -> None:
                         help="uncertainty score (default: tta-disagreement)")
     parser.add_argument("--augment", default="flips", choices=("flips", "permutations", "none"),
                         help="test-time views of the selection (default: flips)")
+    parser.add_argument("--threads", type=int,
+                        help="torch threads of every training and prediction (default: train.threads, else torch's)")
     parser.add_argument("--smoke", action="store_true",
                         help="tiny model and synthetic volumes for the test suite (default: off)")
     parser.add_argument("--out", default="outputs/active-learning",
@@ -243,6 +246,8 @@ def main() -> None:
 
     cores, load_before, started = os.cpu_count() or 1, os.getloadavg(), time.perf_counter()
     params = load_settings(args)
+    if args.threads:
+        params = params.model_copy(update={"train": params.train.model_copy(update={"threads": args.threads})})
     if params.train.threads:
         import torch
 
@@ -262,7 +267,7 @@ def main() -> None:
     figures = {
         "source": args.source, "pool": list(data["pool"][0].shape), "test": list(data["test"][0].shape),
         "block": list(candidates[0].shape), "candidates": len(candidates),
-        "settings": {k: getattr(args, k) for k in ("steps", "rounds", "initial", "per_round", "seeds", "score",
+        "settings": {k: getattr(args, k) for k in ("steps", "rounds", "initial", "per_round", "seeds", "score", "threads", "experiment",
                                                    "augment", "smoke")},
         "strategies": strategies,
         "final_vi_sum_gain_of_uncertainty": {"mean": float(np.mean(gains)), "std": float(np.std(gains)),

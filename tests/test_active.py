@@ -316,10 +316,13 @@ def test_cli_select_then_add_round_trip(tmp_path, checkpoint, monkeypatch, capsy
 @pytest.mark.slow
 def test_simulation_smoke_runs_both_strategies(tmp_path):
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "active_learning.py"), "--smoke", "--steps", "2",
-                             "--rounds", "1", "--initial", "1", "--per-round", "1", "--seeds", "3",
-                             "--out", str(tmp_path / "sim")], cwd=REPO, capture_output=True, text=True, timeout=300)
+                             "--rounds", "1", "--initial", "1", "--per-round", "1", "--seeds", "3", "--threads", "1",
+                             "--experiment", "experiments/active-learning.yaml", "--out", str(tmp_path / "sim")],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(result.stdout)
+    assert figures["settings"]["experiment"] == ["experiments/active-learning.yaml"]
+    assert figures["settings"]["threads"] == 1
     assert set(figures["strategies"]) == {"uncertainty", "random"}
     for curve in figures["strategies"].values():
         assert [p["labelled_blocks"] for p in curve] == [1, 2]
