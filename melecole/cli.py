@@ -353,7 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recalibrate", help="choose a trained model's segmentation knobs again on your labelled volumes",
                        description="Predicts each labelled volume (datasets raw and labels) with the checkpoint, "
                                    "calibrates every segment.choices variant on them pooled (agglomeration thresholds, "
-                                   "Mutex Watershed bias and affinity map, the choice among them) and writes a copy of "
+                                   "Mutex Watershed bias, affinity map and strides, every variant's size filter, the "
+                                   "choice among them) and writes a copy of "
                                    "the checkpoint carrying the new calibration; the weights are unchanged. The search "
                                    "space (segment.choices, candidates, margins) comes from --params.")
     p.add_argument("--params", help=params_help)
