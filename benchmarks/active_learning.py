@@ -111,7 +111,7 @@ def test_scores(params, checkpoint: Path, test) -> dict:
     from melecole.evaluate import evaluate_pooled
     from melecole.inference.encoding import round_trip
     from melecole.inference.volume import predict_volume
-    from melecole.stages.segment import run_method
+    from melecole.stages.segment import run_variant
     from melecole.stages.variants import Knobs
 
     model, trained_with, facts = load_model(checkpoint)
@@ -122,10 +122,7 @@ def test_scores(params, checkpoint: Path, test) -> dict:
                                             cfg.affinity, embedding=False))
     # As `segment` does: the method chosen on validation (auto) with its calibrated knob.
     knobs = Knobs(params.segment, facts.get("calibration"), facts.get("agglomeration_threshold"))
-    main = knobs.main()
-    threshold, bias = knobs.of(main)
-    segmentation = run_method(main, knobs.config_of(main), predictions, threshold, params.seed, bias=bias,
-                              affinity_map=knobs.map_of(main))
+    segmentation = run_variant(knobs.main(), knobs, predictions, params.seed)
     metrics = evaluate_pooled([(segmentation, labels)])
     return {"vi_split": metrics["vi_split"], "vi_merge": metrics["vi_merge"],
             "vi_sum": metrics["vi_split"] + metrics["vi_merge"]}

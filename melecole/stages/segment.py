@@ -238,12 +238,9 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
             warnings.append(f"baseline {name} skipped: {why_not}")
             continue
         start = time.perf_counter()
-        name_threshold, name_bias = knobs.of(name)
-        affinity_map, name_config = knobs.map_of(name), knobs.config_of(name)
-        outputs["segmentation" if name == main else name] = run_method(
-            name, name_config, predictions, name_threshold, seed, bias=name_bias, affinity_map=affinity_map)
+        outputs["segmentation" if name == main else name] = run_variant(name, knobs, predictions, seed)
         seconds[name] = round(time.perf_counter() - start, 3)
-        used[name] = _used_knobs(name, name_config, name_threshold, name_bias, affinity_map is not None)
+        used[name] = _used_knobs(name, knobs)
     attrs = {"source": str(path), "method": main, "method_setting": config.method,
              "baselines": json.dumps([b for b in baselines if b in outputs]), "knobs": json.dumps(used)}
     if knobs.variants:
@@ -259,8 +256,19 @@ def segment(config: SegmentConfig, predictions: str | Path, out: str | Path, see
             "warnings": [warning for warning in warnings if warning]}
 
 
-def _used_knobs(name: str, config: SegmentConfig, threshold: float | None, bias: float, fitted: bool) -> dict:
+def run_variant(name: str, knobs: Knobs, predictions: Predictions, seed: int = 0) -> np.ndarray:
+    """One variant's segmentation of a volume's predictions at the knobs it runs with
+    (:class:`~melecole.stages.variants.Knobs`: threshold, bias, affinity map, strides, size filter)."""
+    threshold, bias = knobs.of(name)
+    return run_method(name, knobs.config_of(name), predictions, threshold, seed, bias=bias,
+                      affinity_map=knobs.map_of(name))
+
+
+def _used_knobs(name: str, knobs: Knobs) -> dict:
+    """The knobs a variant ran with, as the segmentation file and the stage's summary record them."""
+    config, (threshold, bias) = knobs.config_of(name), knobs.of(name)
     method, _ = resolve_variant(name, config)
+    fitted = knobs.map_of(name) is not None
     return {"agglomeration": {"threshold": threshold, "min_size": config.min_size},
             "mws": {"bias": bias, "map": "fitted" if fitted else "none", "strides": list(config.strides),
                     "randomize_strides": config.randomize_strides, "min_size": config.min_size},
