@@ -88,7 +88,8 @@ class ModelConfig(_Strict):
 class LossConfig(_Strict):
     """Discriminative embedding loss (Lee et al. 2019) plus boundary BCE."""
 
-    delta_v: float = Field(0.5, gt=0)
+    delta_v: float = Field(0.5, ge=0, description="pull margin: voxels within delta_v of their piece's mean cost "
+                                                   "nothing (0: every voxel pulled onto the mean, as Lee et al.)")
     delta_d: float = Field(1.5, gt=0)
     alpha: float = Field(1.0, ge=0)
     beta: float = Field(1.0, ge=0)
@@ -96,6 +97,9 @@ class LossConfig(_Strict):
     norm: Literal["l1", "l2"] = "l2"
     boundary_weight: float = Field(1.0, ge=0)
     affinity_weight: float = Field(1.0, ge=0, description="weight of the affinity BCE when model.affinity_head is on")
+    embedding_affinity_weight: float = Field(
+        0.0, ge=0, description="weight of a class-balanced BCE on the embedding's own distance affinities at "
+                               "segment.offsets (the graph the Mutex Watershed reads); 0 = off")
     affinity_targets: Literal["labels", "pieces"] = Field(
         "pieces", description="affinity head targets from the patch's labels, or from its connected pieces as the "
                               "embedding's instances (pieces of one neuron meeting outside the patch differ)")

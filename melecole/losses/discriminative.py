@@ -18,7 +18,7 @@ NORMS = ("l1", "l2")
 _EPS = 1e-12
 
 
-def _distance(diff: torch.Tensor, norm: str) -> torch.Tensor:
+def vector_distance(diff: torch.Tensor, norm: str) -> torch.Tensor:
     """L1 or L2 norm over the last axis, with a finite gradient everywhere."""
     if norm == "l1":
         return diff.abs().sum(dim=-1)
@@ -54,12 +54,12 @@ def _single_terms(
     sums = embedding.new_zeros(count, embedding.shape[1]).index_add_(0, index, embedding)  # (K, E)
     means = sums / sizes[:, None]  # (K, E)
 
-    pull = (_distance(embedding - means[index], norm) - delta_v).clamp_min(0).pow(2)  # (N,)
+    pull = (vector_distance(embedding - means[index], norm) - delta_v).clamp_min(0).pow(2)  # (N,)
     per_instance = embedding.new_zeros(count).index_add_(0, index, pull) / sizes  # (K,)
     intra = per_instance.mean()
 
     if count > 1:
-        pair_distance = _distance(means[:, None, :] - means[None, :, :], norm)  # (K, K)
+        pair_distance = vector_distance(means[:, None, :] - means[None, :, :], norm)  # (K, K)
         push = (2 * delta_d - pair_distance).clamp_min(0).pow(2)
         distinct = ~torch.eye(count, dtype=torch.bool, device=embedding.device)
         if groups is None:
@@ -71,7 +71,7 @@ def _single_terms(
     else:
         inter = means.sum() * 0
 
-    reg = _distance(means, norm).mean()
+    reg = vector_distance(means, norm).mean()
     return intra, inter, reg
 
 

@@ -7,6 +7,7 @@ from torch import nn
 
 from melecole.losses.boundary import boundary_bce
 from melecole.losses.discriminative import NORMS, discriminative_loss
+from melecole.losses.embedding_affinity import embedding_affinity_bce
 
 INTER_PAIRS = ("all", "other_labels")
 
@@ -109,23 +110,36 @@ class EmbeddingLoss(nn.Module):
 
 
 class MultitaskLoss(nn.Module):
-    """The embedding loss plus an optional class-balanced BCE on directly predicted affinities.
+    """The embedding loss plus optional class-balanced BCEs on affinities.
 
-    ``loss = embedding loss (with its boundary term) + affinity_weight * affinity BCE``, the
-    BCE masked to pairs whose partner voxel lies inside the patch.
+    ``loss = embedding loss (with its boundary term) + affinity_weight * affinity-head BCE
+    + embedding_affinity_weight * BCE of the embedding's own distance affinities``, both BCEs
+    against the batch's affinity targets, masked to pairs whose partner voxel lies inside the
+    patch.
 
     Args:
         embedding_loss: the :class:`EmbeddingLoss` to combine.
-        affinity_weight: weight of the affinity term; used only when the model outputs
+        affinity_weight: weight of the affinity-head term; used only when the model outputs
             ``"affinities"``.
+        embedding_affinity_weight: weight of
+            :func:`~melecole.losses.embedding_affinity.embedding_affinity_bce` (with the
+            embedding loss's ``delta_d`` and norm); 0 leaves it out.
+        offsets: the offsets of the batch's affinity targets; needed when
+            ``embedding_affinity_weight`` > 0.
     """
 
-    def __init__(self, embedding_loss: EmbeddingLoss, affinity_weight: float = 1.0) -> None:
+    def __init__(self, embedding_loss: EmbeddingLoss, affinity_weight: float = 1.0,
+                 embedding_affinity_weight: float = 0.0, offsets: list | None = None) -> None:
         super().__init__()
-        if affinity_weight < 0:
-            raise ValueError(f"affinity_weight must be non-negative, got {affinity_weight}")
+        if affinity_weight < 0 or embedding_affinity_weight < 0:
+            raise ValueError(f"affinity_weight {affinity_weight} and embedding_affinity_weight "
+                             f"{embedding_affinity_weight} must be non-negative")
+        if embedding_affinity_weight > 0 and not offsets:
+            raise ValueError("embedding_affinity_weight > 0 needs the affinity targets' offsets, got none")
         self.embedding_loss = embedding_loss
         self.affinity_weight = float(affinity_weight)
+        self.embedding_affinity_weight = float(embedding_affinity_weight)
+        self.offsets = [tuple(int(d) for d in offset) for offset in offsets or []]
 
     def forward(self, outputs: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Computes the total loss and its parts from the model outputs and a training batch.
@@ -143,4 +157,12 @@ class MultitaskLoss(nn.Module):
             bce = boundary_bce(outputs["affinities"], batch["affinities"], batch["affinity_mask"])
             terms["affinity"] = bce
             terms["loss"] = terms["loss"] + self.affinity_weight * bce
+        if self.embedding_affinity_weight > 0:
+            if "affinities" not in batch:
+                raise ValueError("embedding_affinity_weight > 0 but the batch carries no affinity targets")
+            loss = self.embedding_loss
+            bce = embedding_affinity_bce(outputs["embedding"], batch["affinities"], batch["affinity_mask"],
+                                         self.offsets, loss.delta_d, loss.norm)
+            terms["embedding_affinity"] = bce
+            terms["loss"] = terms["loss"] + self.embedding_affinity_weight * bce
         return terms

@@ -161,8 +161,11 @@ def _sampler(params: Params, volumes: list[tuple[np.ndarray, np.ndarray]],
 def _build_model(params: Params, device: torch.device, ctx: DistContext) -> tuple[torch.nn.Module, list | None]:
     cfg = params.train
     model_args = params.model.model_dump(mode="json", exclude={"name", "affinity_head"})
-    offsets = [tuple(o) for o in params.segment.offsets] if params.model.affinity_head else None
-    model_args["affinity_channels"] = len(offsets) if offsets else 0
+    # Affinity targets go into the batches for the affinity head and for a loss on the
+    # embedding's own affinities; only the head adds output channels.
+    wants_targets = params.model.affinity_head or cfg.loss.embedding_affinity_weight > 0
+    offsets = [tuple(o) for o in params.segment.offsets] if wants_targets else None
+    model_args["affinity_channels"] = len(offsets) if params.model.affinity_head else 0
     model = build_model(params.model.name, **model_args)
     divisor = tuple(model.divisor)
     for name, shape in (("train.patch", cfg.patch), ("predict.patch", params.predict.patch)):
@@ -269,7 +272,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     loss_fn = MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
                                           beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
                                           boundary_weight=loss.boundary_weight, inter_pairs=loss.inter_pairs),
-                            loss.affinity_weight)
+                            loss.affinity_weight, loss.embedding_affinity_weight, offsets)
     if plan is not None:
         loss_fn = ContrastiveObjective(loss_fn, contrastive.temperature, plan)
     params_dict = params_as_dict(params)
