@@ -37,9 +37,7 @@ def worker(args: argparse.Namespace) -> None:
     from melecole.data.bundled import load_bundled
     from melecole.data.normalize import normalize_raw
     from melecole.data.sampling import PatchSampler
-    from melecole.losses import EmbeddingLoss, MultitaskLoss
-    from melecole.models import build_model
-    from melecole.stages.train import amp_dtype, resolve_device, seed_everything
+    from melecole.stages.train import amp_dtype, build_model_for, resolve_device, seed_everything, supervised_loss
     from melecole.training import StepOptions, optimizer_step
 
     params = load_params(args.params)
@@ -55,21 +53,18 @@ def worker(args: argparse.Namespace) -> None:
         sampler = PatchSampler(volumes, cfg.patch, rng, permute="none", flip=False, min_labelled=cfg.min_labelled,
                                augment=build_augmenter(augment, cfg.patch) if augment.enabled else None,
                                read=read_shape(augment, cfg.patch) if augment.enabled else None)
-        model_args = params.model.model_dump(mode="json", exclude={"name", "affinity_head"})
-        model = build_model(params.model.name, **model_args).to(device)
+        model, offsets = build_model_for(params, device, context)
         network = model
         if context.distributed:
             network = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[device.index] if device.type == "cuda" else None)
-        loss = cfg.loss
-        loss_fn = MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
-                                              beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
-                                              boundary_weight=loss.boundary_weight), loss.affinity_weight)
+        loss_fn = supervised_loss(params, offsets)
         optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        options = StepOptions(accumulate=cfg.accumulate, amp_dtype=amp_dtype(cfg.amp, device))
+        options = StepOptions(accumulate=cfg.accumulate, amp_dtype=amp_dtype(cfg.amp, device),
+                              affinity_pieces=cfg.loss.affinity_targets == "pieces")
 
         def step(number: int) -> None:
-            optimizer_step(network, loss_fn, sampler, optimizer, cfg.batch_size, device, None, options, number)
+            optimizer_step(network, loss_fn, sampler, optimizer, cfg.batch_size, device, offsets, options, number)
 
         for number in range(args.warmup):
             step(number + 1)

@@ -158,7 +158,9 @@ def _sampler(params: Params, volumes: list[tuple[np.ndarray, np.ndarray]],
                        intensity=augmenter.intensity if augmenter else None, min_labelled=cfg.min_labelled)
 
 
-def _build_model(params: Params, device: torch.device, ctx: DistContext) -> tuple[torch.nn.Module, list | None]:
+def build_model_for(params: Params, device: torch.device, ctx: DistContext) -> tuple[torch.nn.Module, list | None]:
+    """The model of ``params`` on ``device`` and the offsets of the affinity targets its batches
+    need (None: no affinity head and no loss on the embedding's affinities)."""
     cfg = params.train
     model_args = params.model.model_dump(mode="json", exclude={"name", "affinity_head"})
     # Affinity targets go into the batches for the affinity head and for a loss on the
@@ -179,6 +181,16 @@ def _build_model(params: Params, device: torch.device, ctx: DistContext) -> tupl
     if device.type == "cuda" and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last_3d)
     return model, offsets
+
+
+def supervised_loss(params: Params, offsets: list | None) -> MultitaskLoss:
+    """The supervised objective of ``train.loss``; ``offsets`` are the batches' affinity targets'
+    (from :func:`build_model`), None when the batches carry none."""
+    loss = params.train.loss
+    return MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
+                                       beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
+                                       boundary_weight=loss.boundary_weight, inter_pairs=loss.inter_pairs),
+                         loss.affinity_weight, loss.embedding_affinity_weight, offsets)
 
 
 def _parts(params: Params, model: torch.nn.Module, device: torch.device, rng: np.random.Generator,
@@ -259,7 +271,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     volumes = [load_labelled(path) for path in train_files]
     validation = [load_labelled(path) for path in val_files]
     sampler = _sampler(params, volumes, rng)
-    model, offsets = _build_model(params, device, ctx)
+    model, offsets = build_model_for(params, device, ctx)
     contrastive = cfg.contrastive
     plan = None
     trained = model
@@ -268,11 +280,7 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
         trained = MoCo(model, params.model.embedding_dim, contrastive.projection_dim, contrastive.queue_size,
                        contrastive.momentum).to(device)
     parts = _parts(params, trained, device, rng, ctx)
-    loss = cfg.loss
-    loss_fn = MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
-                                          beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
-                                          boundary_weight=loss.boundary_weight, inter_pairs=loss.inter_pairs),
-                            loss.affinity_weight, loss.embedding_affinity_weight, offsets)
+    loss_fn = supervised_loss(params, offsets)
     if plan is not None:
         loss_fn = ContrastiveObjective(loss_fn, contrastive.temperature, plan)
     params_dict = params_as_dict(params)
