@@ -44,19 +44,19 @@ def distance_affinities(
         raise ValueError(f"delta_d must be positive, got {delta_d}")
     margin = 2.0 * delta_d
     shape = tuple(embedding.shape[2:])
-    channels = []
-    for offset in offsets:
-        if len(offset) != 3:
-            raise ValueError(f"offsets must each be (dz, dy, dx), got {list(offsets)}")
-        channel = embedding.new_zeros((embedding.shape[0],) + shape)
+    if any(len(offset) != 3 for offset in offsets):
+        raise ValueError(f"offsets must each be (dz, dy, dx), got {list(offsets)}")
+    # One output written per channel: no per-offset zero tensors to stack afterwards.
+    out = embedding.new_zeros((embedding.shape[0], len(offsets)) + shape)
+    every = (slice(None), slice(None))
+    for channel, offset in enumerate(offsets):
         pair = shifted_pair(shape, offset)
-        if pair is not None:
-            sources, partners = pair
-            difference = embedding[(slice(None), slice(None)) + sources] - embedding[(slice(None), slice(None)) + partners]
-            distance = vector_distance(difference.movedim(1, -1), norm)  # (B, z, y, x)
-            channel[(slice(None),) + sources] = ((margin - distance).clamp_min(0) / margin).square()
-        channels.append(channel)
-    return torch.stack(channels, dim=1)
+        if pair is None:
+            continue
+        sources, partners = pair
+        distance = vector_distance((embedding[every + sources] - embedding[every + partners]).movedim(1, -1), norm)
+        out[(slice(None), channel) + sources] = ((margin - distance).clamp_min(0) / margin).square()
+    return out
 
 
 def embedding_affinity_bce(

@@ -185,7 +185,7 @@ def build_model_for(params: Params, device: torch.device, ctx: DistContext) -> t
 
 def supervised_loss(params: Params, offsets: list | None) -> MultitaskLoss:
     """The supervised objective of ``train.loss``; ``offsets`` are the batches' affinity targets'
-    (from :func:`build_model`), None when the batches carry none."""
+    (from :func:`build_model_for`), None when the batches carry none."""
     loss = params.train.loss
     return MultitaskLoss(EmbeddingLoss(delta_v=loss.delta_v, delta_d=loss.delta_d, alpha=loss.alpha,
                                        beta=loss.beta, gamma=loss.gamma, norm=loss.norm,
