@@ -14,16 +14,16 @@ training on, writing the same files as the run started next.
 
 from __future__ import annotations
 
-import ctypes
 import datetime
 import os
-import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+
+from melecole.lifetime import die_with_parent
 
 _TORCHRUN_VARIABLES = ("LOCAL_RANK", "WORLD_SIZE")
 
@@ -55,20 +55,6 @@ def torchrun_command(processes: int, arguments: list[str], module: str = "meleco
     """``python -m torch.distributed.run --standalone --nproc_per_node N -m module arguments...``."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
             "-m", module, *arguments]
-
-
-def die_with_parent() -> None:
-    """Linux: asks the kernel to send this process SIGTERM when its parent dies, however it dies.
-
-    Elsewhere, or if the call is unavailable, nothing happens.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
 
 
 def relaunch(processes: int, arguments: list[str]) -> int:

@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +19,8 @@ from melecole.data.loader import GridPatches, PatchStream, make_loader, patch_ta
 from melecole.data.normalize import normalize_raw
 from melecole.data.sampling import PatchSampler
 from melecole.training import make_batch
-from tests.conftest import blocks_volume
+from tests.conftest import REPO, blocks_volume
+from tests.processes import alive, descendants
 
 PATCH = (16, 16, 16)
 
@@ -155,3 +164,45 @@ def test_the_train_stage_passes_its_affinity_target_choice_to_every_batch(tmp_pa
                                                       "train.loss.affinity_targets": choice}))
         train_stage.train(params, [tmp_path / "train.h5"], [tmp_path / "val.h5"], tmp_path / choice / "model.pt")
     assert seen == [(True, False), (True, True)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc; the parent-death signal is Linux's")
+def test_a_loader_worker_dies_with_its_killed_trainer(tmp_path):
+    # The worker is stuck inside a sample, where torch's own check of its parent never runs:
+    # only the parent-death signal can end it.
+    fetching = tmp_path / "fetching"
+    script = tmp_path / "trainer.py"
+    script.write_text(textwrap.dedent(f"""
+        import pathlib, time
+        from torch.utils.data import Dataset
+        from melecole.data.loader import make_loader
+
+        class Stuck(Dataset):
+            def __len__(self):
+                return 4
+
+            def __getitem__(self, item):
+                pathlib.Path({str(fetching)!r}).touch()
+                time.sleep(3600)
+
+        next(iter(make_loader(Stuck(), batch_size=1, workers=1)))
+    """))
+    trainer = subprocess.Popen([sys.executable, str(script)], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not fetching.exists():
+        assert trainer.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    workers = descendants(trainer.pid)
+    assert len(workers) == 1
+    trainer.kill()
+    trainer.wait(timeout=60)
+    deadline = time.monotonic() + 10
+    try:
+        while any(alive(pid) for pid in workers):
+            assert time.monotonic() < deadline, "the loader worker outlived its killed trainer"
+            time.sleep(0.02)
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -17,15 +17,40 @@ from melecole.checkpoint import periodic_checkpoints, periodic_path, save_state
 from melecole.errors import MelecoleError
 from melecole.resume import differences, find_resumable, fingerprint
 from tests.conftest import REPO, tiny_params_dict
+from tests.processes import alive, descendants
 
 STEPS = 40
 
 
 def _start(tmp_path, params, data, out, store):
+    """The training as a subprocess whose stderr goes to a file: a pipe would keep a caller waiting
+    for as long as any process that inherited it lives."""
     env = dict(os.environ, PYTHONPATH=str(REPO), MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / store}")
     command = [sys.executable, "-m", "melecole.cli", "train", "--params", str(params), "--data", str(data),
                "--out", str(out), "--run-file", str(out.with_suffix(".run"))]
-    return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / f"{store}.{time.monotonic_ns()}.log"
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+    process.log = log
+    return process
+
+
+def _finish(process, seconds: float) -> str:
+    """Waits for ``process`` (killing it if it overruns) and returns its stderr."""
+    try:
+        process.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    return process.log.read_text()
+
+
+def _wait_gone(pids, seconds: float = 60) -> set[int]:
+    """The processes of ``pids`` still running after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while (left := {pid for pid in pids if alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
 
 
 @pytest.mark.slow
@@ -51,20 +76,26 @@ def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, pr
     killed = _start(tmp_path, params, prepared, out, "mlflow.db")
     deadline = time.monotonic() + 240
     while not periodic_path(out, 10).exists():
-        assert killed.poll() is None and time.monotonic() < deadline, killed.communicate()[1][-3000:]
+        if killed.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(_finish(killed, 1)[-3000:])
         time.sleep(0.005)
-    killed.send_signal(signal.SIGKILL)
-    killed.communicate()
+    workers = descendants(killed.pid) if sys.platform.startswith("linux") else set()
+    if sys.platform.startswith("linux"):
+        assert len(workers) >= variant["train.workers"]  # the DataLoader's worker processes
+    killed.send_signal(signal.SIGKILL)  # the trainer alone, as the OOM killer picks one process
+    _finish(killed, 60)
     assert killed.returncode == -signal.SIGKILL
+    # Its loader workers die with it rather than live on as orphans.
+    assert not _wait_gone(workers), "a DataLoader worker outlived its killed training"
     assert not out.exists()
     resumed_from = periodic_checkpoints(out)[-1][0]
     assert 10 <= resumed_from < STEPS
 
     resumed = _start(tmp_path, params, prepared, out, "mlflow.db")
-    _, err = resumed.communicate(timeout=300)
+    err = _finish(resumed, 300)
     assert resumed.returncode == 0, err[-3000:]
     assert f"resuming from {periodic_path(out, resumed_from)} at step {resumed_from}" in err
-    _, err = reference.communicate(timeout=300)
+    err = _finish(reference, 300)
     assert reference.returncode == 0, err[-3000:]
 
     first = torch.load(tmp_path / "reference" / "checkpoint.pt", weights_only=True)["state_dict"]

@@ -6,11 +6,15 @@ the next, and a run repeats exactly with the same seed and number of workers (th
 hands out the workers' batches in a fixed round-robin order). With 0 workers the main process
 draws as worker 0. Volumes are plain numpy arrays held by the dataset; :func:`make_loader`
 starts workers by fork, so they share the parent's volumes instead of copying them, and each
-sample copies only the region it reads.
+sample copies only the region it reads. Workers die with the process that started them
+(:func:`die_with_trainer`): a training killed by SIGKILL or the OOM killer leaves no worker behind.
 """
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -20,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from melecole.data.augment import AugmentConfig, build_augmenter, read_shape
 from melecole.data.sampling import Permute, PatchSampler, grid_patches
 from melecole.data.targets import affinities, boundary_map, patch_instances
+from melecole.lifetime import die_with_parent
 
 Volumes = list[tuple[np.ndarray, np.ndarray]]
 
@@ -162,6 +167,17 @@ def collate_patches(samples: list[dict[str, torch.Tensor]]) -> dict[str, torch.T
     return {key: torch.from_numpy(np.stack([sample[key].numpy() for sample in samples])) for key in samples[0]}
 
 
+def die_with_trainer(trainer: int, worker: int) -> None:
+    """A DataLoader ``worker_init_fn``: the worker is killed when ``trainer`` (its parent) dies.
+
+    torch's own check of the parent runs only between batches and can block on the dead
+    parent's queue, so an orphaned worker could outlive the run, holding memory and the
+    pipes of whoever waits for the training to end.
+    """
+    if not die_with_parent(signal.SIGKILL, trainer):
+        os._exit(1)  # the trainer died before the signal was armed
+
+
 def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, prefetch: int = 2) -> DataLoader:
     """A DataLoader whose workers are forked (sharing the volumes) when the platform allows.
 
@@ -171,6 +187,7 @@ def make_loader(dataset: Dataset, batch_size: int, workers: int = 0, prefetch: i
     options: dict = {"collate_fn": collate_patches}
     if workers > 0:
         options["prefetch_factor"] = prefetch
+        options["worker_init_fn"] = functools.partial(die_with_trainer, os.getpid())
         if "fork" in torch.multiprocessing.get_all_start_methods():
             options["multiprocessing_context"] = "fork"
     return DataLoader(dataset, batch_size=batch_size, num_workers=workers, **options)

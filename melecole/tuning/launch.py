@@ -8,12 +8,11 @@ Kept free of heavy imports (torch), since it runs before every training.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 
-_PR_SET_PDEATHSIG = 1
+from melecole.lifetime import die_with_parent
 
 
 def main(argv: list[str]) -> int:
@@ -21,12 +20,7 @@ def main(argv: list[str]) -> int:
         print("usage: python -m melecole.tuning.launch PARENT_PID COMMAND...", file=sys.stderr)
         return 2
     parent, command = int(argv[0]), argv[1:]
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:
+    if not die_with_parent(signal.SIGTERM, parent):
         return 1  # the parent died before the signal was armed
     os.execvp(command[0], command)
     return 1  # not reached: execvp replaces this process or raises
