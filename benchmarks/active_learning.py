@@ -5,8 +5,10 @@ a validation slab (checkpoint and agglomeration threshold, as in training) and a
 Each seed starts from the same ``--initial`` random blocks for both strategies; every round adds
 ``--per-round`` blocks, chosen by the uncertainty of the previous round's model (the ranking of
 ``melecole active select``: same views, scores and grid) or at random, with their ground-truth
-labels written as ``melecole active add`` writes them, and trains a model afresh on all
-labelled blocks (``melecole train``, ``--steps`` steps). Each model is scored on the test slab:
+labels written as ``melecole active add`` writes them, and trains on all labelled blocks
+(``melecole train``, ``--steps`` steps): by default fine-tuning that strategy's previous model
+(``train.init_from``), as a proofreading loop would, or afresh from random weights
+(``--training afresh``). Each model is scored on the test slab:
 VI split / merge in bits against its labelled voxels (ground truth 0 ignored), by the configured
 ``segment.method`` at the threshold chosen on validation. Both strategies label the same number
 of blocks at every point; the spread is over the seeds.
@@ -16,9 +18,10 @@ pool, 150..200 validation, 200..250 test) or ``synthetic`` (three generator volu
 ``--experiment experiments/synthetic.yaml`` for the anisotropic model). ``--smoke``: a tiny model
 on tiny synthetic volumes, for the test suite.
 
-Usage: python benchmarks/active_learning.py [--source flyem-fib-medulla] [--steps 300] [--rounds 4]
-       [--initial 2] [--per-round 2] [--seeds 3] [--score tta-disagreement] [--threads N]
-       [--out outputs/active-learning]
+Usage: python benchmarks/active_learning.py [--source flyem-fib-medulla] [--steps 300] [--training continue]
+       [--rounds 4] [--initial 2] [--per-round 2] [--seeds 3] [--first-seed 0] [--score tta-disagreement]
+       [--threads N] [--out outputs/active-learning]
+       python benchmarks/active_learning.py --merge RUN/active_learning.json ... --out OUT
 Prints one JSON object (also OUT/active_learning.json) and writes OUT/active_learning.png.
 """
 
@@ -90,11 +93,14 @@ def write_pair(path: Path, raw: np.ndarray, labels: np.ndarray) -> Path:
     return path
 
 
-def train_on(params, blocks, pool, val_file: Path, folder: Path) -> Path:
-    """A model trained afresh on the labelled blocks, written as ``melecole active add`` would."""
+def train_on(params, blocks, pool, val_file: Path, folder: Path, start: Path | None = None) -> Path:
+    """A model trained on the labelled blocks, written as ``melecole active add`` would: afresh,
+    or fine-tuned from the checkpoint ``start`` (``train.init_from``)."""
     from melecole.active.proofread import write_training_volumes
     from melecole.stages.train import train
 
+    if start is not None:
+        params = params.model_copy(update={"train": params.train.model_copy(update={"init_from": str(start)})})
     raw, labels = pool
     shutil.rmtree(folder, ignore_errors=True)  # a rerun with the same --out starts this round afresh
     files = write_training_volumes([(raw[b.region], labels[b.region]) for b in blocks], folder / "data", "sim")
@@ -160,7 +166,8 @@ def simulate_seed(params, seed: int, data: dict, candidates: list, args, work: P
                 rest = [b for b in candidates if b not in labelled]
                 new = [rest[i] for i in choice.choice(len(rest), min(args.per_round, len(rest)), replace=False)]
             labelled += new
-            checkpoint = train_on(params, labelled, data["pool"], val_file, work / f"{strategy}-{round_}")
+            warm = checkpoint if args.training == "continue" else None
+            checkpoint = train_on(params, labelled, data["pool"], val_file, work / f"{strategy}-{round_}", warm)
             curve.append({"labelled_blocks": len(labelled), **test_scores(params, checkpoint, data["test"])})
             print(f"seed {seed} {strategy} round {round_}: {curve[-1]}", file=sys.stderr, flush=True)
         curves[strategy] = curve
@@ -218,10 +225,19 @@ def main() -> None:
                         help="overrides merged on top in the order given, e.g. experiments/synthetic.yaml; "
                              "repeatable (default: none)")
     parser.add_argument("--steps", type=int, default=300, help="training steps per model (default: 300)")
+    parser.add_argument("--training", default="continue", choices=("continue", "afresh"),
+                        help="each round fine-tunes the strategy's previous model on all its labelled blocks, as a "
+                             "proofreading loop does (continue), or trains a new model from random weights "
+                             "(afresh) (default: continue)")
     parser.add_argument("--rounds", type=int, default=4, help="selection rounds after the initial set (default: 4)")
     parser.add_argument("--initial", type=int, default=2, help="random blocks labelled first (default: 2)")
     parser.add_argument("--per-round", type=int, default=2, help="blocks labelled per round (default: 2)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (default: 3)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds FIRST .. FIRST+N-1 (default: 3)")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="first seed, to run seeds in parallel processes (default: 0)")
+    parser.add_argument("--merge", nargs="+", type=Path, metavar="JSON",
+                        help="only join the active_learning.json files of runs of other seeds with the same "
+                             "settings into OUT (curves, spread, figure); trains nothing")
     parser.add_argument("--block", type=int, nargs=3, metavar=("Z", "Y", "X"),
                         help="candidate block shape (default: train.patch)")
     parser.add_argument("--score", default="tta-disagreement",
@@ -236,6 +252,9 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/active-learning",
                         help="work folder (default: outputs/active-learning)")
     args = parser.parse_args()
+    if args.merge:
+        merge_runs(args.merge, Path(args.out))
+        return
     if args.smoke:
         args.source = "synthetic"
 
@@ -257,25 +276,56 @@ def main() -> None:
         parser.error(f"{needed} blocks to label but the pool {data['pool'][0].shape} holds {len(candidates)} "
                      f"of {args.block}")
     out = Path(args.out)
-    per_seed = [simulate_seed(params, seed, data, candidates, args, out / f"seed-{seed}") for seed in range(args.seeds)]
-    strategies = summarise(per_seed, int(np.prod(candidates[0].shape)))
-    last = {s: strategies[s][-1] for s in STRATEGIES}
-    gains = [r - u for r, u in zip(last["random"]["vi_sum"], last["uncertainty"]["vi_sum"])]
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    per_seed = {seed: simulate_seed(params, seed, data, candidates, args, out / f"seed-{seed}") for seed in seeds}
+    settings = {k: getattr(args, k) for k in ("steps", "training", "rounds", "initial", "per_round", "score",
+                                              "threads", "experiment", "augment", "smoke")}
     figures = {
         "source": args.source, "pool": list(data["pool"][0].shape), "test": list(data["test"][0].shape),
-        "block": list(candidates[0].shape), "candidates": len(candidates),
-        "settings": {k: getattr(args, k) for k in ("steps", "rounds", "initial", "per_round", "seeds", "score", "threads", "experiment",
-                                                   "augment", "smoke")},
-        "strategies": strategies,
-        "final_vi_sum_gain_of_uncertainty": {"mean": float(np.mean(gains)), "std": float(np.std(gains)),
-                                             "per_seed": gains},
+        "block": list(candidates[0].shape), "candidates": len(candidates), "settings": settings,
+        **outcome(per_seed, int(np.prod(candidates[0].shape))),
         "seconds": round(time.perf_counter() - started, 1), "cores": cores,
         **load_report(load_before, cores, "the times are upper bounds"),
     }
-    plot(strategies, out / "active_learning.png",
-         f"{args.source}: {args.seeds} seeds, {args.steps} steps per model, score {args.score}")
+    report(figures, out)
+
+
+def outcome(per_seed: dict[int, dict], block_voxels: int) -> dict:
+    """The curves of every seed, their mean and spread, and the final gain of uncertainty per seed."""
+    strategies = summarise(list(per_seed.values()), block_voxels)
+    last = {s: strategies[s][-1] for s in STRATEGIES}
+    gains = [r - u for r, u in zip(last["random"]["vi_sum"], last["uncertainty"]["vi_sum"])]
+    return {"seeds": sorted(per_seed), "strategies": strategies,
+            "final_vi_sum_gain_of_uncertainty": {"mean": float(np.mean(gains)), "std": float(np.std(gains)),
+                                                 "per_seed": gains},
+            "per_seed": {str(seed): curves for seed, curves in per_seed.items()}}
+
+
+def report(figures: dict, out: Path) -> None:
+    s = figures["settings"]
+    plot(figures["strategies"], out / "active_learning.png",
+         f"{figures['source']}: {len(figures['seeds'])} seeds, {s['steps']} steps per round "
+         f"({s.get('training', 'afresh')}), score {s['score']}")
     (out / "active_learning.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures))
+
+
+def merge_runs(files: list[Path], out: Path) -> None:
+    """Joins runs of disjoint seeds and equal settings (``--first-seed`` in parallel processes)."""
+    runs = [json.loads(path.read_text()) for path in files]
+    for path, run in zip(files[1:], runs[1:]):
+        for key in ("source", "pool", "test", "block", "settings"):
+            if run[key] != runs[0][key]:
+                sys.exit(f"active_learning.py: {path}: {key} {run[key]} differs from {files[0]}'s {runs[0][key]}")
+    per_seed = {int(seed): curves for run in runs for seed, curves in run["per_seed"].items()}
+    if len(per_seed) != sum(len(run["per_seed"]) for run in runs):
+        sys.exit(f"active_learning.py: the runs {', '.join(map(str, files))} share a seed")
+    out.mkdir(parents=True, exist_ok=True)
+    first = runs[0]["strategies"]["random"][0]
+    block_voxels = first["labelled_voxels"] // first["labelled_blocks"]
+    report({**{k: runs[0][k] for k in ("source", "pool", "test", "block", "candidates", "settings")},
+            **outcome(dict(sorted(per_seed.items())), block_voxels),
+            "seconds": [run["seconds"] for run in runs], "merged": [str(path) for path in files]}, out)
 
 
 if __name__ == "__main__":

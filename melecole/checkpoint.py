@@ -79,6 +79,24 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> tuple[to
     return model.to(device).eval(), state["params"], state["extra"]
 
 
+def load_initial_weights(model: torch.nn.Module, model_name: str, address: str | Path) -> None:
+    """Copies a checkpoint's weights into ``model``, built from the current params, to fine-tune it.
+
+    Raises:
+        MelecoleError: naming the file and every model setting that differs, if the checkpoint's
+            architecture is not the one ``model`` was built with.
+    """
+    state = read_checkpoint(address)
+    ours = {"name": model_name, **dict(model.constructor_args)}
+    theirs = {"name": state["model_name"], **state["model_args"]}
+    differing = [f"{key} {theirs.get(key)!r} there, {ours.get(key)!r} here"
+                 for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    if differing:
+        raise MelecoleError(f"{address}: cannot start from this checkpoint, its model differs from params' model "
+                            f"({'; '.join(differing)}); set the model.* keys to the checkpoint's")
+    model.load_state_dict(state["state_dict"])
+
+
 def save_state(path: str | Path, state: dict) -> None:
     """Writes a training state (plain values and tensors) to a temporary file, syncs it and renames it.
 

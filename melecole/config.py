@@ -135,6 +135,9 @@ class TrainConfig(_Strict):
     """Optimisation, sampling and validation during training."""
 
     steps: int = Field(600, ge=1)
+    init_from: str | None = Field(
+        None, description="start from the weights of this checkpoint (a path or zoo:NAME) instead of random ones, "
+                          "to fine-tune it; the model settings must be the checkpoint's")
     batch_size: int = Field(1, ge=1)
     patch: Triple = (48, 48, 48)
     lr: float = Field(1e-3, gt=0)

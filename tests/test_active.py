@@ -16,6 +16,7 @@ from melecole.active.blocks import Block, block_grid, block_scores, rank_blocks,
 from melecole.active.uncertainty import (SCORES, ViewMoments, binary_entropy, mean_entropy, tta_disagreement,
                                          uncertainty_map)
 from melecole.active.views import nearest_neighbours, view_moments
+from melecole.checkpoint import read_checkpoint
 from melecole.cli import build_parser, main
 from melecole.config import params_from_dict
 from melecole.data.prepared import training_files
@@ -328,3 +329,10 @@ def test_simulation_smoke_runs_both_strategies(tmp_path):
         assert [p["labelled_blocks"] for p in curve] == [1, 2]
         assert all(np.isfinite(p["vi_sum_mean"]) and p["vi_sum_std"] >= 0 and len(p["vi_sum"]) == 3 for p in curve)
     assert (tmp_path / "sim" / "active_learning.png").stat().st_size > 0
+    # Each round fine-tunes the strategy's previous model (the default, --training continue).
+    assert figures["settings"]["training"] == "continue" and figures["seeds"] == [0, 1, 2]
+    for strategy in ("uncertainty", "random"):
+        tuned = read_checkpoint(tmp_path / "sim" / "seed-1" / f"{strategy}-1" / "checkpoint.pt")
+        assert tuned["params"]["train"]["init_from"] == str(tmp_path / "sim" / "seed-1" / "round-0" / "checkpoint.pt")
+    first = read_checkpoint(tmp_path / "sim" / "seed-1" / "round-0" / "checkpoint.pt")
+    assert first["params"]["train"]["init_from"] is None

@@ -20,8 +20,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from melecole import distributed, rng_state
-from melecole.checkpoint import (nonfinite_path, periodic_path, prune_checkpoints, remove_checkpoints,
-                                 save_checkpoint, save_state)
+from melecole.checkpoint import (load_initial_weights, nonfinite_path, periodic_path, prune_checkpoints,
+                                 remove_checkpoints, save_checkpoint, save_state)
 from melecole.config import Params, params_as_dict
 from melecole.data.augment import build_augmenter, read_shape
 from melecole.data.normalize import normalize_raw
@@ -272,6 +272,9 @@ def _train(params: Params, ctx: DistContext, device: torch.device, train_files: 
     validation = [load_labelled(path) for path in val_files]
     sampler = _sampler(params, volumes, rng)
     model, offsets = build_model_for(params, device, ctx)
+    if cfg.init_from:
+        # Fine-tuning; a resumed run then restores its own later weights over these.
+        load_initial_weights(model, params.model.name, cfg.init_from)
     contrastive = cfg.contrastive
     plan = None
     trained = model
