@@ -41,7 +41,8 @@ def _train_arguments(args: argparse.Namespace) -> list[str]:
     # The command line again, for the ranks torchrun starts.
     argv = ["train"]
     for flag, value in (("--params", args.params), ("--data", args.data), ("--out", args.out),
-                        ("--run-file", args.run_file), ("--validation-log", args.validation_log)):
+                        ("--run-file", args.run_file), ("--validation-log", args.validation_log),
+                        ("--init-from", args.init_from)):
         if value is not None:
             argv += [flag, str(value)]
     if args.train:
@@ -58,6 +59,8 @@ def cmd_train(args: argparse.Namespace) -> None:
     from melecole.stages.train import train
 
     params = _params(args.params)
+    if args.init_from is not None:
+        params = params.model_copy(update={"train": params.train.model_copy(update={"init_from": args.init_from})})
     if args.train:
         train_files = [Path(p) for p in args.train]
         if not args.val:
@@ -278,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", nargs="+", help="validation files (datasets raw, labels), scored pooled")
     p.add_argument("--out", default="outputs/checkpoint.pt", help="checkpoint path (default: outputs/checkpoint.pt)")
     p.add_argument("--run-file", help="write the MLflow run id here so evaluate can add to the same run")
+    p.add_argument("--init-from", metavar="CHECKPOINT",
+                   help="fine-tune: start from this checkpoint's weights (a path or zoo:NAME; the model settings "
+                        "must be its own) (default: train.init_from, random weights when null)")
     p.add_argument("--validation-log", help="append one JSON line per validation ({\"step\": N, \"vi_split\": ...}) "
                                             "here as training goes (a hyper-parameter search watches it)")
     again = p.add_mutually_exclusive_group()
