@@ -336,3 +336,37 @@ def test_simulation_smoke_runs_both_strategies(tmp_path):
         assert tuned["params"]["train"]["init_from"] == str(tmp_path / "sim" / "seed-1" / "round-0" / "checkpoint.pt")
     first = read_checkpoint(tmp_path / "sim" / "seed-1" / "round-0" / "checkpoint.pt")
     assert first["params"]["train"]["init_from"] is None
+
+
+def _simulation_run(path, seed: int, vi_sums: dict, settings=None):
+    curves = {strategy: [{"labelled_blocks": blocks, "vi_split": vi / 2, "vi_merge": vi / 2, "vi_sum": vi}
+                         for blocks, vi in zip((2, 4), values)] for strategy, values in vi_sums.items()}
+    run = {"source": "synthetic", "pool": [8, 24, 24], "test": [8, 16, 16], "block": [8, 8, 8], "candidates": 9,
+           "settings": settings or {"steps": 5, "training": "continue", "score": "tta-disagreement"},
+           "strategies": {"random": [{"labelled_blocks": 2, "labelled_voxels": 1024}]},
+           "per_seed": {str(seed): curves}, "seconds": 1.0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_simulation_runs_of_other_seeds_merge_into_one_curve_and_mismatches_are_refused(tmp_path):
+    script = [sys.executable, str(REPO / "benchmarks" / "active_learning.py"), "--merge"]
+    first = _simulation_run(tmp_path / "a" / "run.json", 0, {"uncertainty": (3.0, 2.0), "random": (3.0, 3.0)})
+    second = _simulation_run(tmp_path / "b" / "run.json", 1, {"uncertainty": (4.0, 2.0), "random": (4.0, 2.5)})
+    done = subprocess.run([*script, str(first), str(second), "--out", str(tmp_path / "m")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    merged = json.loads(done.stdout)
+    assert merged["seeds"] == [0, 1]
+    assert [p["vi_sum_mean"] for p in merged["strategies"]["uncertainty"]] == [3.5, 2.0]
+    assert [p["labelled_voxels"] for p in merged["strategies"]["random"]] == [1024, 2048]
+    assert merged["final_vi_sum_gain_of_uncertainty"]["per_seed"] == [1.0, 0.5]
+    assert (tmp_path / "m" / "active_learning.png").stat().st_size > 0
+    same_seed = _simulation_run(tmp_path / "c" / "run.json", 1, {"uncertainty": (1.0, 1.0), "random": (1.0, 1.0)})
+    other = _simulation_run(tmp_path / "d" / "run.json", 2, {"uncertainty": (1.0, 1.0), "random": (1.0, 1.0)},
+                            settings={"steps": 9, "training": "continue", "score": "tta-disagreement"})
+    for files, message in (((second, same_seed), "share a seed"), ((first, other), "settings")):
+        refused = subprocess.run([*script, *map(str, files), "--out", str(tmp_path / "x")],
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode != 0 and message in refused.stderr
