@@ -97,10 +97,11 @@ def train_on(params, blocks, pool, val_file: Path, folder: Path, start: Path | N
     """A model trained on the labelled blocks, written as ``melecole active add`` would: afresh,
     or fine-tuned from the checkpoint ``start`` (``train.init_from``)."""
     from melecole.active.proofread import write_training_volumes
+    from melecole.config import with_train
     from melecole.stages.train import train
 
     if start is not None:
-        params = params.model_copy(update={"train": params.train.model_copy(update={"init_from": str(start)})})
+        params = with_train(params, init_from=str(start))
     raw, labels = pool
     shutil.rmtree(folder, ignore_errors=True)  # a rerun with the same --out starts this round afresh
     files = write_training_volumes([(raw[b.region], labels[b.region]) for b in blocks], folder / "data", "sim")
@@ -259,11 +260,12 @@ def main() -> None:
         args.source = "synthetic"
 
     from melecole.active.blocks import block_grid
+    from melecole.config import with_train
 
     cores, load_before, started = os.cpu_count() or 1, os.getloadavg(), time.perf_counter()
     params = load_settings(args)
     if args.threads:
-        params = params.model_copy(update={"train": params.train.model_copy(update={"threads": args.threads})})
+        params = with_train(params, threads=args.threads)
     if params.train.threads:
         import torch
 
@@ -305,7 +307,7 @@ def report(figures: dict, out: Path) -> None:
     s = figures["settings"]
     plot(figures["strategies"], out / "active_learning.png",
          f"{figures['source']}: {len(figures['seeds'])} seeds, {s['steps']} steps per round "
-         f"({s.get('training', 'afresh')}), score {s['score']}")
+         f"({s['training']}), score {s['score']}")
     (out / "active_learning.json").write_text(json.dumps(figures, indent=2) + "\n")
     print(json.dumps(figures))
 

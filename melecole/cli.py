@@ -56,11 +56,12 @@ def _train_arguments(args: argparse.Namespace) -> list[str]:
 def cmd_train(args: argparse.Namespace) -> None:
     from melecole.distributed import launched_by_torchrun, relaunch
     from melecole.data.prepared import training_files
+    from melecole.config import with_train
     from melecole.stages.train import train
 
     params = _params(args.params)
     if args.init_from is not None:
-        params = params.model_copy(update={"train": params.train.model_copy(update={"init_from": args.init_from})})
+        params = with_train(params, init_from=args.init_from)
     if args.train:
         train_files = [Path(p) for p in args.train]
         if not args.val:

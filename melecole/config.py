@@ -435,6 +435,11 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     return params_from_dict(read_yaml(path), str(path))
 
 
+def with_train(params: Params, **changes) -> Params:
+    """``params`` with these ``train`` settings changed (e.g. ``init_from``, ``threads``)."""
+    return params.model_copy(update={"train": params.train.model_copy(update=changes)})
+
+
 def params_as_dict(params: Params) -> dict:
     """Plain nested dict (lists instead of tuples), for checkpoints, YAML and MLflow."""
     return params.model_dump(mode="json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -28,3 +30,11 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return state != "Z"
+
+
+def wait_gone(pids: Iterable[int], seconds: float) -> set[int]:
+    """The processes of ``pids`` still running after at most ``seconds`` (empty once all are gone)."""
+    deadline = time.monotonic() + seconds
+    while (left := {pid for pid in pids if alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return left

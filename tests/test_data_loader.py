@@ -20,7 +20,7 @@ from melecole.data.normalize import normalize_raw
 from melecole.data.sampling import PatchSampler
 from melecole.training import make_batch
 from tests.conftest import REPO, blocks_volume
-from tests.processes import alive, descendants
+from tests.processes import descendants, wait_gone
 
 PATCH = (16, 16, 16)
 
@@ -197,11 +197,8 @@ def test_a_loader_worker_dies_with_its_killed_trainer(tmp_path):
     assert len(workers) == 1
     trainer.kill()
     trainer.wait(timeout=60)
-    deadline = time.monotonic() + 10
     try:
-        while any(alive(pid) for pid in workers):
-            assert time.monotonic() < deadline, "the loader worker outlived its killed trainer"
-            time.sleep(0.02)
+        assert not wait_gone(workers, 10), "the loader worker outlived its killed trainer"
     finally:
         for pid in workers:
             with contextlib.suppress(ProcessLookupError):

@@ -17,7 +17,7 @@ from melecole.checkpoint import periodic_checkpoints, periodic_path, save_state
 from melecole.errors import MelecoleError
 from melecole.resume import differences, find_resumable, fingerprint
 from tests.conftest import REPO, tiny_params_dict
-from tests.processes import alive, descendants
+from tests.processes import descendants, wait_gone
 
 STEPS = 40
 
@@ -43,14 +43,6 @@ def _finish(process, seconds: float) -> str:
         process.kill()
         process.wait()
     return process.log.read_text()
-
-
-def _wait_gone(pids, seconds: float = 60) -> set[int]:
-    """The processes of ``pids`` still running after ``seconds``."""
-    deadline = time.monotonic() + seconds
-    while (left := {pid for pid in pids if alive(pid)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return left
 
 
 @pytest.mark.slow
@@ -79,14 +71,14 @@ def test_killed_training_resumes_bit_for_bit_in_the_same_mlflow_run(tmp_path, pr
         if killed.poll() is not None or time.monotonic() > deadline:
             pytest.fail(_finish(killed, 1)[-3000:])
         time.sleep(0.005)
-    workers = descendants(killed.pid) if sys.platform.startswith("linux") else set()
-    if sys.platform.startswith("linux"):
-        assert len(workers) >= variant["train.workers"]  # the DataLoader's worker processes
+    linux = sys.platform.startswith("linux")
+    workers = descendants(killed.pid) if linux else set()
+    assert not linux or len(workers) >= variant["train.workers"]  # the DataLoader's worker processes
     killed.send_signal(signal.SIGKILL)  # the trainer alone, as the OOM killer picks one process
     _finish(killed, 60)
     assert killed.returncode == -signal.SIGKILL
     # Its loader workers die with it rather than live on as orphans.
-    assert not _wait_gone(workers), "a DataLoader worker outlived its killed training"
+    assert not wait_gone(workers, 60), "a DataLoader worker outlived its killed training"
     assert not out.exists()
     resumed_from = periodic_checkpoints(out)[-1][0]
     assert 10 <= resumed_from < STEPS

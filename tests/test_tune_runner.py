@@ -16,7 +16,7 @@ import pytest
 
 from melecole.tuning.runner import LogReader, run_watched, tail
 from tests.conftest import REPO
-from tests.processes import alive
+from tests.processes import wait_gone
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups and /proc")
 
@@ -37,15 +37,6 @@ FAKE_TRAINING = textwrap.dedent("""
 """)
 
 
-def _wait_gone(pid: int, seconds: float = 30) -> bool:
-    deadline = time.monotonic() + seconds
-    while alive(pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def _command(tmp_path: Path, steps: int, code: int) -> list[str]:
     script = tmp_path / "fake_train.py"
     script.write_text(FAKE_TRAINING)
@@ -64,7 +55,7 @@ def test_records_arrive_in_order_and_a_stop_ends_the_process_group(tmp_path):
     assert outcome.status == "pruned" and outcome.step == 3
     assert seen == [1, 2, 3]
     helper = int((tmp_path / "pids.txt").read_text())
-    assert _wait_gone(helper), "the training's own child survived the stop"
+    assert not wait_gone({helper}, 30), "the training's own child survived the stop"
     assert "training starts" in (tmp_path / "train.log").read_text()
 
 
@@ -113,7 +104,7 @@ def test_training_dies_with_a_killed_search(tmp_path):
     process.send_signal(signal.SIGKILL)
     process.wait()
     try:
-        assert _wait_gone(training[0]), "the training outlived its search worker"
+        assert not wait_gone({training[0]}, 30), "the training outlived its search worker"
     finally:
         # The stand-in's own helper is nobody's business but the test's.
         os.kill(int((tmp_path / "pids.txt").read_text()), signal.SIGKILL)
