@@ -22,7 +22,11 @@ Usage: python benchmarks/active_learning.py [--source flyem-fib-medulla] [--step
        [--rounds 4] [--initial 2] [--per-round 2] [--seeds 3] [--first-seed 0] [--score tta-disagreement]
        [--threads N] [--out outputs/active-learning]
        python benchmarks/active_learning.py --merge RUN/active_learning.json ... --out OUT
-Prints one JSON object (also OUT/active_learning.json) and writes OUT/active_learning.png.
+Prints one JSON object (also OUT/active_learning.json): both strategies' curves (mean, spread and every
+seed's scores, with the corners of the blocks each round added), and the paired gain of uncertainty
+over random (random's VI sum minus uncertainty's, seed by seed: mean, standard error, seeds won) at
+every point. Writes OUT/active_learning.png: VI sum, split and merge against labelled blocks, and
+the paired gains.
 """
 
 from __future__ import annotations
@@ -155,7 +159,7 @@ def simulate_seed(params, seed: int, data: dict, candidates: list, args, work: P
     val_file = write_pair(work / "val.h5", *data["val"])
     initial = [candidates[i] for i in rng.choice(len(candidates), args.initial, replace=False)]
     first = train_on(params, initial, data["pool"], val_file, work / "round-0")
-    start = {"labelled_blocks": len(initial), **test_scores(params, first, data["test"])}
+    start = {"labelled_blocks": len(initial), **test_scores(params, first, data["test"]), "added": corners(initial)}
     curves = {}
     for strategy in STRATEGIES:
         choice = np.random.default_rng([seed, STRATEGIES.index(strategy)])
@@ -169,10 +173,16 @@ def simulate_seed(params, seed: int, data: dict, candidates: list, args, work: P
             labelled += new
             warm = checkpoint if args.training == "continue" else None
             checkpoint = train_on(params, labelled, data["pool"], val_file, work / f"{strategy}-{round_}", warm)
-            curve.append({"labelled_blocks": len(labelled), **test_scores(params, checkpoint, data["test"])})
+            curve.append({"labelled_blocks": len(labelled), **test_scores(params, checkpoint, data["test"]),
+                          "added": corners(new)})
             print(f"seed {seed} {strategy} round {round_}: {curve[-1]}", file=sys.stderr, flush=True)
         curves[strategy] = curve
     return curves
+
+
+def corners(blocks) -> list[list[int]]:
+    """The blocks' corners (z, y, x) in the pool, as the JSON records which blocks a round labelled."""
+    return [list(b.offset) for b in blocks]
 
 
 def summarise(per_seed: list[dict], block_voxels: int) -> dict:
@@ -190,14 +200,14 @@ def summarise(per_seed: list[dict], block_voxels: int) -> dict:
     return out
 
 
-def plot(strategies: dict, path: Path, title: str) -> None:
+def plot(strategies: dict, gains: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8))
     for ax, key in zip(axes, ("vi_sum", "vi_split", "vi_merge")):
         for strategy, colour, style in zip(STRATEGIES, ("tab:red", "tab:blue"), ("o-", "s--")):
             x = [p["labelled_blocks"] for p in strategies[strategy]]
@@ -210,6 +220,18 @@ def plot(strategies: dict, path: Path, title: str) -> None:
         ax.set_ylabel(f"test {key.replace('_', ' ')} (bits)")
         ax.grid(alpha=0.3)
     axes[0].legend()
+    ax = axes[3]  # seed by seed: random's VI sum minus uncertainty's, so above 0 uncertainty helped
+    x = np.array([g["labelled_blocks"] for g in gains], dtype=float)
+    for seed in range(len(gains[0]["per_seed"])):
+        ax.plot(x, [g["per_seed"][seed] for g in gains], "-", color="grey", alpha=0.4, lw=1)
+    ax.errorbar(x, [g["mean"] for g in gains], yerr=[g["sem"] for g in gains], fmt="o-", color="black",
+                capsize=3, label="mean +- s.e.m.")
+    ax.axhline(0.0, color="tab:red", lw=1)
+    ax.set_xlabel("labelled blocks")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel("VI sum: random - uncertainty (bits)")
+    ax.legend()
+    ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -292,20 +314,31 @@ def main() -> None:
     report(figures, out)
 
 
+def paired_gain(random: list[float], uncertainty: list[float]) -> dict:
+    """Random's VI minus uncertainty's, seed by seed (> 0: uncertainty better): the per-seed gains,
+    their mean, population spread (std), standard error of the mean (sample std / sqrt(n); 0 for
+    one seed) and the seeds uncertainty won."""
+    gains = np.asarray(random, dtype=np.float64) - np.asarray(uncertainty, dtype=np.float64)
+    sem = float(np.std(gains, ddof=1) / np.sqrt(len(gains))) if len(gains) > 1 else 0.0
+    return {"mean": float(np.mean(gains)), "std": float(np.std(gains)), "sem": sem,
+            "wins": int((gains > 0).sum()), "seeds": len(gains), "per_seed": gains.tolist()}
+
+
 def outcome(per_seed: dict[int, dict], block_voxels: int) -> dict:
-    """The curves of every seed, their mean and spread, and the final gain of uncertainty per seed."""
+    """The curves of every seed, their mean and spread, and the paired gain of uncertainty over
+    random (VI sum) at every number of labelled blocks and at the last."""
     strategies = summarise(list(per_seed.values()), block_voxels)
-    last = {s: strategies[s][-1] for s in STRATEGIES}
-    gains = [r - u for r, u in zip(last["random"]["vi_sum"], last["uncertainty"]["vi_sum"])]
+    gains = [{"labelled_blocks": r["labelled_blocks"], **paired_gain(r["vi_sum"], u["vi_sum"])}
+             for r, u in zip(strategies["random"], strategies["uncertainty"])]
     return {"seeds": sorted(per_seed), "strategies": strategies,
-            "final_vi_sum_gain_of_uncertainty": {"mean": float(np.mean(gains)), "std": float(np.std(gains)),
-                                                 "per_seed": gains},
+            "vi_sum_gain_of_uncertainty": gains,
+            "final_vi_sum_gain_of_uncertainty": {k: v for k, v in gains[-1].items() if k != "labelled_blocks"},
             "per_seed": {str(seed): curves for seed, curves in per_seed.items()}}
 
 
 def report(figures: dict, out: Path) -> None:
     s = figures["settings"]
-    plot(figures["strategies"], out / "active_learning.png",
+    plot(figures["strategies"], figures["vi_sum_gain_of_uncertainty"], out / "active_learning.png",
          f"{figures['source']}: {len(figures['seeds'])} seeds, {s['steps']} steps per round "
          f"({s['training']}), score {s['score']}")
     (out / "active_learning.json").write_text(json.dumps(figures, indent=2) + "\n")

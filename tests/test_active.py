@@ -331,6 +331,13 @@ def test_simulation_smoke_runs_both_strategies(tmp_path):
     assert (tmp_path / "sim" / "active_learning.png").stat().st_size > 0
     # Each round fine-tunes the strategy's previous model (the default, --training continue).
     assert figures["settings"]["training"] == "continue" and figures["seeds"] == [0, 1, 2]
+    for seed, curves in figures["per_seed"].items():  # the blocks each round labelled, none twice
+        for strategy, curve in curves.items():
+            added = [tuple(corner) for point in curve for corner in point["added"]]
+            assert [len(p["added"]) for p in curve] == [1, 1] and len(set(added)) == 2, (seed, strategy)
+        assert curves["uncertainty"][0]["added"] == curves["random"][0]["added"]  # a shared first block
+    assert [g["labelled_blocks"] for g in figures["vi_sum_gain_of_uncertainty"]] == [1, 2]
+    assert figures["vi_sum_gain_of_uncertainty"][0]["per_seed"] == [0.0, 0.0, 0.0]  # the same first model
     for strategy in ("uncertainty", "random"):
         tuned = read_checkpoint(tmp_path / "sim" / "seed-1" / f"{strategy}-1" / "checkpoint.pt")
         assert tuned["params"]["train"]["init_from"] == str(tmp_path / "sim" / "seed-1" / "round-0" / "checkpoint.pt")
@@ -361,7 +368,11 @@ def test_simulation_runs_of_other_seeds_merge_into_one_curve_and_mismatches_are_
     assert merged["seeds"] == [0, 1]
     assert [p["vi_sum_mean"] for p in merged["strategies"]["uncertainty"]] == [3.5, 2.0]
     assert [p["labelled_voxels"] for p in merged["strategies"]["random"]] == [1024, 2048]
-    assert merged["final_vi_sum_gain_of_uncertainty"]["per_seed"] == [1.0, 0.5]
+    final = merged["final_vi_sum_gain_of_uncertainty"]
+    assert final["per_seed"] == [1.0, 0.5] and final["mean"] == 0.75 and final["wins"] == 2
+    assert final["sem"] == pytest.approx(0.25)  # sample std 0.3536 / sqrt(2)
+    assert [g["per_seed"] for g in merged["vi_sum_gain_of_uncertainty"]] == [[0.0, 0.0], [1.0, 0.5]]
+    assert [g["wins"] for g in merged["vi_sum_gain_of_uncertainty"]] == [0, 2]
     assert (tmp_path / "m" / "active_learning.png").stat().st_size > 0
     same_seed = _simulation_run(tmp_path / "c" / "run.json", 1, {"uncertainty": (1.0, 1.0), "random": (1.0, 1.0)})
     other = _simulation_run(tmp_path / "d" / "run.json", 2, {"uncertainty": (1.0, 1.0), "random": (1.0, 1.0)},
